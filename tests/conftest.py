@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny random models of every architecture family, and a notebook runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+TINY_PARAMS = sorted((TESTS_DIR / "params").glob("tiny-*.yaml"))
+# Families the adapters support, each as a tiny random model (derived from the files present).
+tiny_models = [str(p) for p in TINY_PARAMS]
+tiny_model_ids = [p.stem for p in TINY_PARAMS]
+tiny_causal_models = [str(p) for p in TINY_PARAMS if p.stem != "tiny-bert"]
+
+
+@pytest.fixture(scope="session")
+def notebook_output_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("notebook-output")
+
+
+@pytest.fixture(scope="session")
+def run_notebook(notebook_output_root):
+    """run_notebook(notebook, params_path, **parameters) -> output directory of that run."""
+    from utils.run import execute_notebook
+
+    def run(notebook: str, model: str, **parameters) -> Path:
+        return execute_notebook(notebook, model, notebook_output_root, parameters)
+
+    return run

@@ -1,0 +1,34 @@
+"""transformer-spectra: spectra and geometry of transformer language models.
+
+The public API, re-exported from the modules that define it.
+"""
+
+from .adapters import (
+    AttentionWeights,
+    FFNWeights,
+    ModelAdapter,
+    ModelDims,
+    UnsupportedArchitectureError,
+    get_adapter,
+    get_model_dims,
+)
+from .corpus import load_corpus, sample_tokens
+from .covariance import StreamingCovariance
+from .models import LoadedModel, ModelTooLargeError, ModelUnavailableError, load_model
+from .params import Params, ParamsError, load_params
+from .report import Report, output_dir, save_npy, write_csv, write_text
+from .spectra import (
+    components_for_variance,
+    cumulative_share,
+    early_eigenvalue_enrichment,
+    effective_rank,
+    fit_power_law,
+    js_divergence,
+    marchenko_pastur_edge,
+    mp_signal_ratio,
+    participation_ratio,
+    power_law_slope,
+    spectral_entropy,
+    stable_rank,
+    weight_metrics,
+)

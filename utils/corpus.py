@@ -1,0 +1,128 @@
+"""Text that is always available offline, and token sampling from it.
+
+Corpus specifications (the `corpus` parameter of notebooks 04-06):
+- "stdlib-docs" (default): the docstrings of the Python standard library's own source files
+  (modules, classes, functions), in sorted file order. Ships with every Python, needs no
+  download, and is deterministic for a given Python version.
+- "file:<path or glob>": the user's own UTF-8 text files, sorted by path.
+- "wikitext-103": WikiText-103 validation through `datasets` (the Prisma seed's choice);
+  needs the hub or a local HF datasets cache.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import glob
+import hashlib
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_CORPUS = "stdlib-docs"
+
+
+class CorpusError(ValueError):
+    pass
+
+
+def _stdlib_docstrings(max_chars: int) -> str:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = ("test", "idlelib", "lib2to3", "site-packages", "dist-packages", "ensurepip", "turtledemo")
+    pieces: list[str] = []
+    total = 0
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib).parts
+        if any(part in skip or part.startswith("test") for part in rel):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in [tree, *ast.walk(tree)]:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 80:
+                    pieces.append(doc)
+                    total += len(doc) + 2
+        if total >= max_chars:
+            break
+    return "\n\n".join(pieces)[:max_chars]
+
+
+def _wikitext(max_chars: int) -> str:
+    try:
+        import datasets  # type: ignore
+    except ImportError as err:
+        raise CorpusError("corpus 'wikitext-103' needs the `datasets` package: pip install datasets") from err
+    try:
+        ds = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="validation")
+    except Exception as err:  # offline, no cache
+        raise CorpusError(
+            "corpus 'wikitext-103' could not be loaded (no network and no local HF datasets cache?). "
+            "Use corpus 'stdlib-docs' (offline) or 'file:<path>' instead."
+        ) from err
+    text = "".join(ds["text"])
+    return text[:max_chars]
+
+
+@functools.lru_cache(maxsize=4)
+def load_corpus(spec: str = DEFAULT_CORPUS, max_chars: int = 4_000_000) -> str:
+    """Return up to `max_chars` characters of text for a corpus specification (see module doc)."""
+    if spec == "stdlib-docs":
+        text = _stdlib_docstrings(max_chars)
+    elif spec == "wikitext-103":
+        text = _wikitext(max_chars)
+    elif spec.startswith("file:"):
+        pattern = spec[len("file:"):]
+        paths = sorted(glob.glob(pattern, recursive=True))
+        if not paths:
+            raise CorpusError(f"corpus '{spec}': no file matches {pattern!r}")
+        text = "\n\n".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in paths)[:max_chars]
+    else:
+        raise CorpusError(f"unknown corpus {spec!r}: use 'stdlib-docs', 'wikitext-103' or 'file:<path or glob>'")
+    if len(text) < 1000:
+        raise CorpusError(f"corpus '{spec}' holds only {len(text)} characters; give more text")
+    return text
+
+
+@dataclass(frozen=True)
+class TokenSample:
+    """Token windows cut from a corpus: `input_ids` (n_sequences, seq_len), no padding."""
+
+    input_ids: torch.Tensor
+    corpus: str
+    seed: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+    def fingerprint(self) -> str:
+        """Content hash of the token ids: the cache key part that identifies the data."""
+        return hashlib.sha256(self.input_ids.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def sample_tokens(tokenizer, corpus: str = DEFAULT_CORPUS, n_sequences: int = 32, seq_len: int = 128,
+                  seed: int = 0, max_chars: int = 4_000_000) -> TokenSample:
+    """Tokenize the corpus once and cut `n_sequences` windows of exactly `seq_len` tokens.
+
+    Windows are non-overlapping and chosen with a seeded generator, so every token of every
+    window is real text: no padding ever enters a statistic.
+    """
+    text = load_corpus(corpus, max_chars=max_chars)
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    n_windows = ids.numel() // seq_len
+    if n_windows < n_sequences:
+        raise CorpusError(
+            f"corpus '{corpus}' gives {ids.numel()} tokens = {n_windows} windows of {seq_len}; "
+            f"{n_sequences} were asked for. Lower n_sequences/seq_len or give more text."
+        )
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.choice(n_windows, size=n_sequences, replace=False)) * seq_len
+    windows = torch.stack([ids[s : s + seq_len] for s in starts])  # (n_sequences, seq_len)
+    return TokenSample(input_ids=windows, corpus=corpus, seed=seed)

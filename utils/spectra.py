@@ -1,0 +1,256 @@
+"""Metrics on singular values and eigenvalues.
+
+Every function takes a 1-D spectrum (or a matrix where stated) and returns a float.
+Spectra may be torch tensors or numpy arrays; they are converted to float64 numpy.
+
+References
+- effective rank: Roy & Vetterli (2007), as used in the seed notebook `1.py`:
+  exp(H(p)), p_i = s_i / sum_j s_j over singular values s.
+- stable rank: ||W||_F^2 / ||W||_2^2 = sum s_i^2 / max s_i^2.
+- power-law alpha: Clauset, Shalizi & Newman (2009), continuous MLE with xmin chosen by
+  minimal Kolmogorov-Smirnov distance, fitted to the eigenvalues s_i^2 as WeightWatcher does
+  (Martin & Mahoney 2021).
+- Marchenko-Pastur: bulk edge of the singular values of an N x M noise matrix with i.i.d.
+  entries of variance sigma^2 is sigma (sqrt(N) + sqrt(M)).
+- NerVE metrics (spectral entropy, participation ratio, early eigenvalue enrichment,
+  Jensen-Shannon divergence): NerVE section 2, eqs. (2)-(6), natural logarithms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ArrayLike = "np.ndarray | torch.Tensor"
+
+
+def as_spectrum(values) -> np.ndarray:
+    """A float64 numpy copy of a spectrum, sorted in descending order, negatives clipped to 0.
+
+    Covariance eigenvalues from `eigvalsh` can be slightly negative in floating point;
+    they are PSD in exact arithmetic, so clipping at 0 is the correct projection.
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    spectrum = np.asarray(values, dtype=np.float64).ravel()
+    if spectrum.size == 0:
+        raise ValueError("empty spectrum")
+    if not np.all(np.isfinite(spectrum)):
+        raise ValueError("spectrum contains NaN or infinite values")
+    return np.sort(np.clip(spectrum, 0.0, None))[::-1]
+
+
+def normalized(values) -> np.ndarray:
+    """p_i = lambda_i / sum_j lambda_j (descending). Raises on an all-zero spectrum."""
+    spectrum = as_spectrum(values)
+    total = spectrum.sum()
+    if total <= 0:
+        raise ValueError("spectrum sums to zero; metrics are undefined for a zero matrix")
+    return spectrum / total
+
+
+def entropy(p: np.ndarray) -> float:
+    """Shannon entropy -sum p log p (natural log), with 0 log 0 = 0."""
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum())
+
+
+def singular_values(W: torch.Tensor) -> torch.Tensor:
+    """Singular values of a 2-D weight in float32 on its own device, descending."""
+    if W.ndim != 2:
+        raise ValueError(f"expected a matrix, got shape {tuple(W.shape)}")
+    return torch.linalg.svdvals(W.detach().float())
+
+
+# --- metrics on singular values -------------------------------------------------------------
+
+def effective_rank(W_or_singular_values) -> float:
+    """exp of the entropy of the normalised singular values (seed `1.py` definition).
+
+    Accepts a matrix (its singular values are taken) or a 1-D vector of singular values.
+    In [1, min(rows, cols)]: 1 for rank one, min(rows, cols) for a multiple of an isometry.
+    """
+    x = W_or_singular_values
+    if isinstance(x, torch.Tensor) and x.ndim == 2:
+        x = singular_values(x)
+    elif isinstance(x, np.ndarray) and x.ndim == 2:
+        x = np.linalg.svd(x, compute_uv=False)
+    return math.exp(entropy(normalized(x)))
+
+
+def stable_rank(singular_vals) -> float:
+    """sum s_i^2 / max s_i^2 = ||W||_F^2 / ||W||_2^2, in [1, rank]."""
+    s = as_spectrum(singular_vals)
+    if s[0] <= 0:
+        raise ValueError("stable rank is undefined for a zero matrix")
+    return float((s**2).sum() / s[0] ** 2)
+
+
+def spectral_norm(singular_vals) -> float:
+    """Largest singular value ||W||_2."""
+    return float(as_spectrum(singular_vals)[0])
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    alpha: float  # exponent of p(x) ~ x^-alpha for x >= xmin
+    xmin: float
+    ks_distance: float
+    n_tail: int
+
+
+def fit_power_law(eigenvalues, min_tail: int = 10) -> PowerLawFit:
+    """Continuous power-law MLE with xmin minimising the KS distance (Clauset et al. 2009).
+
+    For each candidate xmin = x_(i) (ascending order) the tail x_(i..n) gives
+        alpha_i = 1 + n_i / sum_j log(x_j / xmin),
+    the fitted CDF F(x) = 1 - (x / xmin)^(1 - alpha_i), and the KS distance
+        D_i = max_j |F(x_j) - S_j| over empirical CDF values S_j in {j/n_i, (j+1)/n_i}.
+    The candidate with the smallest D_i wins. Candidates leave at least `min_tail` points.
+    This is the fit WeightWatcher applies to the eigenvalues s_i^2 of W^T W.
+    """
+    x = np.sort(as_spectrum(eigenvalues))
+    x = x[x > 0]
+    n = x.size
+    if n < min_tail + 1:
+        raise ValueError(f"need more than {min_tail} positive eigenvalues for a power-law fit, got {n}")
+    logx = np.log(x)
+    suffix_log = np.cumsum(logx[::-1])[::-1]  # suffix_log[i] = sum_{j>=i} log x_j
+    best = PowerLawFit(float("nan"), float("nan"), float("inf"), 0)
+    for i in range(0, n - min_tail + 1):
+        if i > 0 and x[i] == x[i - 1]:
+            continue
+        n_tail = n - i
+        denominator = suffix_log[i] - n_tail * logx[i]
+        if denominator <= 0:
+            continue
+        alpha = 1.0 + n_tail / denominator
+        fitted = 1.0 - np.exp((1.0 - alpha) * (logx[i:] - logx[i]))
+        ranks = np.arange(n_tail)
+        ks = max(np.abs(fitted - ranks / n_tail).max(), np.abs(fitted - (ranks + 1) / n_tail).max())
+        if ks < best.ks_distance:
+            best = PowerLawFit(float(alpha), float(x[i]), float(ks), int(n_tail))
+    return best
+
+
+def marchenko_pastur_edge(rows: int, cols: int, sigma: float) -> float:
+    """Largest singular value of an rows x cols matrix of i.i.d. noise of std sigma
+    (asymptotically): sigma * (sqrt(rows) + sqrt(cols))."""
+    return float(sigma * (math.sqrt(rows) + math.sqrt(cols)))
+
+
+def mp_signal_ratio(singular_vals, rows: int, cols: int, sigma: float) -> float:
+    """Fraction of singular values above the Marchenko-Pastur bulk edge (Prisma's signal ratio).
+
+    sigma is the entry standard deviation of the matrix; with sigma estimated from the matrix
+    itself (see `weight_metrics`), signal directions inflate it, so the ratio is conservative.
+    """
+    s = as_spectrum(singular_vals)
+    return float((s > marchenko_pastur_edge(rows, cols, sigma)).mean())
+
+
+def weight_metrics(W: torch.Tensor) -> dict:
+    """All per-matrix weight metrics of notebook 01 from one SVD.
+
+    Returns rows, cols, eff_rank, stable_rank, spectral_norm, alpha (power-law exponent of
+    the eigenvalues s^2, WeightWatcher convention), alpha_xmin, mp_edge, mp_signal_ratio,
+    fro_norm, and the singular values themselves under `singular_values` (numpy, descending).
+    """
+    rows, cols = W.shape
+    s = as_spectrum(singular_values(W))
+    sigma = float(W.detach().double().std())
+    fit = fit_power_law(s**2) if s.size > 11 else PowerLawFit(float("nan"), float("nan"), float("nan"), 0)
+    return {
+        "rows": rows,
+        "cols": cols,
+        "eff_rank": effective_rank(s),
+        "stable_rank": stable_rank(s),
+        "spectral_norm": spectral_norm(s),
+        "fro_norm": float(np.sqrt((s**2).sum())),
+        "alpha": fit.alpha,
+        "alpha_xmin": fit.xmin,
+        "mp_edge": marchenko_pastur_edge(rows, cols, sigma),
+        "mp_signal_ratio": mp_signal_ratio(s, rows, cols, sigma),
+        "singular_values": s,
+    }
+
+
+# --- metrics on covariance eigenvalues (NerVE section 2) -------------------------------------
+
+def spectral_entropy(eigs) -> float:
+    """SE = -sum p_i ln p_i with p_i = lambda_i / sum lambda (NerVE sec. 2.2). In [0, ln D]."""
+    return entropy(normalized(eigs))
+
+
+def participation_ratio(eigs) -> float:
+    """PR = (sum lambda)^2 / sum lambda^2 (NerVE eq. 2). In [1, D]."""
+    p = normalized(eigs)
+    return float(1.0 / (p**2).sum())
+
+
+def early_eigenvalue_enrichment(eigs) -> float:
+    """EEE: mean gap between the cumulative share S_k of the top-k eigenvalues and the uniform
+    line k/D, normalised by its maximum (NerVE eq. 3 and the sentence before it).
+
+        EEE = sum_{k=1..D} (S_k - k/D) / ((D - 1) / 2)
+
+    0 for a uniform spectrum, exactly 1 when one eigenvalue holds all variance. NerVE's eq. (3)
+    writes the maximum as D/2, its large-D limit; we divide by the exact maximum (D - 1)/2 so
+    that the closed forms hold at every D (the two differ by a factor D/(D-1)).
+    """
+    p = normalized(eigs)
+    D = p.size
+    if D == 1:
+        return 0.0
+    k = np.arange(1, D + 1)
+    return float((np.cumsum(p) - k / D).sum() / ((D - 1) / 2.0))
+
+
+def js_divergence(eigs_p, eigs_q) -> float:
+    """Jensen-Shannon divergence between two normalised spectra, matched by rank
+    (NerVE eqs. 4-6), natural log, in [0, ln 2]. Spectra of different length are padded
+    with zeros to the longer one."""
+    p, q = normalized(eigs_p), normalized(eigs_q)
+    D = max(p.size, q.size)
+    p = np.pad(p, (0, D - p.size))
+    q = np.pad(q, (0, D - q.size))
+    m = 0.5 * (p + q)
+
+    def kl_to_m(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log(a[nz] / m[nz])).sum())
+
+    return float(min(max(0.5 * kl_to_m(p) + 0.5 * kl_to_m(q), 0.0), math.log(2)))
+
+
+def components_for_variance(eigs, fraction: float = 0.9) -> int:
+    """Smallest k whose top-k eigenvalues hold at least `fraction` of the total."""
+    p = normalized(eigs)
+    return int(np.searchsorted(np.cumsum(p), fraction - 1e-12) + 1)
+
+
+def cumulative_share(eigs) -> np.ndarray:
+    """Cumulative fraction of the total held by the top-k eigenvalues, k = 1..D."""
+    return np.cumsum(normalized(eigs))
+
+
+def power_law_slope(eigs, start: int, stop: int) -> float:
+    """Least-squares slope of log lambda_k against log k over ranks start..stop-1 (1-based k).
+
+    The Spectral Lens 'tail' statistic: the decay exponent of the covariance spectrum
+    over a rank window. Negative for decaying spectra; -1 for lambda_k proportional to 1/k.
+    """
+    s = as_spectrum(eigs)
+    stop = min(stop, s.size)
+    if stop - start < 2:
+        raise ValueError(f"rank window [{start}, {stop}) holds fewer than 2 eigenvalues")
+    k = np.arange(start, stop) + 1.0
+    window = s[start:stop]
+    keep = window > 0
+    if keep.sum() < 2:
+        return float("nan")
+    slope, _ = np.polyfit(np.log(k[keep]), np.log(window[keep]), 1)
+    return float(slope)

@@ -1,0 +1,351 @@
+"""Training a small decoder from scratch on CPU while recording its spectra (notebook 06).
+
+- Data: `TokenData` cuts a held-out tail off a corpus token stream; training batches are random
+  contiguous windows drawn from a seeded generator, eval batches are fixed windows of the tail.
+- `train`: AdamW with linear warmup and cosine decay, deterministic for a fixed seed.
+- `SpectralCallback`: a plain object, `callback(model, step, train_loss=...)`, usable in any
+  PyTorch loop; `SpectralTrainerCallback` wraps it for a `transformers.Trainer`. Every `every`
+  steps it records eval loss and
+    * NerVE metrics of every FFN (Jha & Reagen et al., NerVE, sec. 2, eqs. 1-6): spectral
+      entropy, participation ratio, early eigenvalue enrichment of the pre- and post-activation
+      covariance spectra, and the Jensen-Shannon divergence between them. Pre = gate_proj output
+      (gated FFN) or up_proj output, collected by a forward hook; post = the input of down_proj,
+      collected by a forward pre-hook (NerVE appendix A). Padding rows are dropped, covariances
+      stream into float64 accumulators, eigenvalues come from eigvalsh one layer at a time and
+      the accumulator is freed right after (NerVE appendix F, Algorithm 1).
+    * the residual-stream activation covariance spectrum (Spectral Lens): effective rank and the
+      power-law slope of the tail over a rank window.
+    * the per-sample gradient spectrum (Spectral Lens): singular values of the (samples x
+      parameters) matrix of per-sample gradients of one weight matrix, computed with
+      torch.func (functional_call + vmap(grad)).
+
+The model classes and `byte_tokenizer` live in `utils.nanogpt` and are re-exported here;
+importing this module registers model_type "spectra_nanogpt" with the Auto classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import TrainerCallback
+
+from utils.corpus import DEFAULT_CORPUS, load_corpus
+from utils.covariance import StreamingCovariance
+from utils.nanogpt import NanoGPTConfig, NanoGPTForCausalLM, byte_tokenizer
+from utils.spectra import (
+    early_eigenvalue_enrichment,
+    effective_rank,
+    js_divergence,
+    participation_ratio,
+    power_law_slope,
+    spectral_entropy,
+)
+
+__all__ = [
+    "NanoGPTConfig", "NanoGPTForCausalLM", "byte_tokenizer", "TokenData", "TrainConfig", "TrainResult",
+    "train", "ffn_modules", "ffn_covariances", "nerve_metrics", "per_sample_grads", "SpectralCallback",
+    "SpectralTrainerCallback", "run_config_dict",
+]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+@dataclass
+class TokenData:
+    """A corpus token stream split into a training head and a held-out eval tail (1-D long tensors)."""
+
+    train_ids: torch.Tensor
+    eval_ids: torch.Tensor
+
+    @classmethod
+    def from_corpus(cls, corpus: str = DEFAULT_CORPUS, tokenizer=None, eval_fraction: float = 0.05,
+                    max_chars: int = 4_000_000) -> "TokenData":
+        """Tokenise the corpus once (default: `byte_tokenizer`) and hold out its last `eval_fraction`."""
+        tokenizer = tokenizer or byte_tokenizer()
+        text = load_corpus(corpus, max_chars=max_chars)
+        ids = torch.as_tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        n_eval = int(len(ids) * eval_fraction)
+        return cls(train_ids=ids[:-n_eval], eval_ids=ids[-n_eval:])
+
+    def train_batch(self, generator: torch.Generator, batch_size: int, seq_len: int) -> torch.Tensor:
+        """(batch, seq) random contiguous windows of the training stream."""
+        starts = torch.randint(0, len(self.train_ids) - seq_len, (batch_size,), generator=generator)
+        return torch.stack([self.train_ids[s: s + seq_len] for s in starts.tolist()])
+
+    def eval_windows(self, n: int, seq_len: int) -> torch.Tensor:
+        """(n, seq) the first n non-overlapping windows of the eval tail (the same every call)."""
+        if n * seq_len > len(self.eval_ids):
+            raise ValueError(f"eval tail holds {len(self.eval_ids)} tokens < {n} x {seq_len}")
+        return self.eval_ids[: n * seq_len].view(n, seq_len).clone()
+
+
+# --- NerVE FFN hooks -------------------------------------------------------------------------
+
+def ffn_modules(model: nn.Module) -> list[nn.Module]:
+    """The FFN of every layer, in depth order (modules with `up_proj` and `down_proj`)."""
+    return [m for m in model.modules() if hasattr(m, "up_proj") and hasattr(m, "down_proj")]
+
+
+@contextlib.contextmanager
+def ffn_covariances(model: nn.Module, attention_mask: torch.Tensor | None = None):
+    """Context manager that streams pre/post-activation rows of every FFN into float64 accumulators.
+
+    Yields {"pre": [StreamingCovariance per layer], "post": [...], "mask": [attention_mask]}; set
+    `state["mask"][0]` before each forward when batches change. Pre = output of gate_proj
+    (gated) or up_proj, via a forward hook; post = input of down_proj, via a forward pre-hook
+    (NerVE appendix A). Rows of padded positions (mask == 0) are dropped. Hooks are removed
+    on exit, also on error.
+    """
+    ffns = ffn_modules(model)
+    state = {"pre": [None] * len(ffns), "post": [None] * len(ffns), "mask": [attention_mask]}
+
+    def keep(x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (n_real_tokens, D)
+        mask = state["mask"][0]
+        rows = x.detach().reshape(-1, x.shape[-1])
+        return rows if mask is None else rows[mask.reshape(-1).bool()]
+
+    def add(kind: str, i: int, x: torch.Tensor) -> None:
+        if state[kind][i] is None:
+            state[kind][i] = StreamingCovariance(x.shape[-1], device=x.device)
+        state[kind][i].update(keep(x))
+
+    handles = []
+    for i, ffn in enumerate(ffns):
+        pre_module = ffn.gate_proj if hasattr(ffn, "gate_proj") else ffn.up_proj
+        handles.append(pre_module.register_forward_hook(lambda mod, inp, out, i=i: add("pre", i, out)))
+        handles.append(ffn.down_proj.register_forward_pre_hook(lambda mod, inp, i=i: add("post", i, inp[0])))
+    try:
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def nerve_metrics(eig_pre, eig_post) -> dict[str, float]:
+    """NerVE sec. 2 metrics of one FFN from its pre/post covariance eigenvalues:
+    se (eq. SE), pr (eq. 2), eee (eq. 3) for each side, and js (eqs. 4-6) between them."""
+    return {
+        "se_pre": spectral_entropy(eig_pre), "se_post": spectral_entropy(eig_post),
+        "pr_pre": participation_ratio(eig_pre), "pr_post": participation_ratio(eig_post),
+        "eee_pre": early_eigenvalue_enrichment(eig_pre), "eee_post": early_eigenvalue_enrichment(eig_post),
+        "js": js_divergence(eig_pre, eig_post),
+    }
+
+
+# --- per-sample gradients --------------------------------------------------------------------
+
+def per_sample_grads(model: nn.Module, param_name: str, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, numel) per-sample gradients of one parameter, one row per sequence.
+
+    Row i = d L_i / d W flattened, L_i the mean next-token loss of sequence i alone. Computed as
+    vmap(grad(L)) over the batch with torch.func.functional_call, differentiating only W (the
+    other parameters enter as constants). Attention runs on the math SDPA kernel, which vmap
+    batches natively (the fused CPU kernel has no batching rule).
+    """
+    weight = dict(model.named_parameters())[param_name].detach()
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    mask = attention_mask if padded else torch.ones_like(input_ids)
+
+    def loss_one(w: torch.Tensor, ids: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        ids, m = ids[None], m[None]  # (1, seq)
+        labels = ids.masked_fill(m == 0, -100)
+        kwargs = {"attention_mask": m if padded else None, "labels": labels}
+        return functional_call(model, {param_name: w}, (ids,), kwargs).loss
+
+    with sdpa_kernel(SDPBackend.MATH):
+        grads = vmap(grad(loss_one), in_dims=(None, 0, 0))(weight, input_ids, mask)  # (n, *W.shape)
+    return grads.detach().reshape(len(input_ids), -1)
+
+
+# --- the spectral callback -------------------------------------------------------------------
+
+class SpectralCallback:
+    """Every `every` steps, record eval loss and the spectra of a model (see module doc).
+
+    >>> cb = SpectralCallback(eval_ids, every=25)           # eval_ids: (n, seq) long
+    >>> for step in range(steps): ...; cb(model, step, train_loss=loss.item(), tokens=seen)
+    >>> cb.records                                          # list of dicts, one per logged step
+
+    eval_ids / eval_mask: fixed eval windows (mask 0 = padding; loss and statistics skip it).
+    grad_param: parameter whose per-sample gradient spectrum is taken (default: the last
+    layer's down_proj weight); grad_samples: rows of eval_ids used for it.
+    residual_layer: index into `hidden_states` whose covariance gives the activation spectrum
+    (-1: the final hidden state, after ln_f); tail_window: rank window [start, stop) for the
+    power-law slope of that spectrum. Full spectra of the last two views are kept in
+    `self.spectra[step]` ("act": covariance eigenvalues, "grad": singular values).
+    """
+
+    def __init__(self, eval_ids: torch.Tensor, every: int = 25, eval_mask: torch.Tensor | None = None,
+                 batch_size: int = 16, grad_param: str | None = None, grad_samples: int = 16,
+                 residual_layer: int = -1, tail_window: tuple[int, int] = (8, 64)):
+        self.eval_ids = eval_ids
+        self.eval_mask = torch.ones_like(eval_ids) if eval_mask is None else eval_mask
+        self.every = every
+        self.batch_size = batch_size
+        self.grad_param = grad_param
+        self.grad_samples = grad_samples
+        self.residual_layer = residual_layer
+        self.tail_window = tail_window
+        self.records: list[dict] = []
+        self.spectra: dict[int, dict[str, np.ndarray]] = {}
+
+    def on_step(self, model: nn.Module, step: int, train_loss: float | None = None,
+                tokens: int | None = None, force: bool = False) -> dict | None:
+        """Record if `step` is a multiple of `every` (or `force`); return the record or None."""
+        if not force and step % self.every:
+            return None
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        record = {"step": step, "tokens": tokens, "train_loss": train_loss}
+        record.update(self._forward_statistics(model, device, step))
+        record.update(self._gradient_statistics(model, device, step))
+        model.train(was_training)
+        self.records.append(record)
+        return record
+
+    __call__ = on_step
+
+    def _forward_statistics(self, model: nn.Module, device, step: int) -> dict:
+        """Eval loss, NerVE metrics per layer and residual-stream spectrum from one pass over eval_ids."""
+        loss_sum, n_targets = 0.0, 0
+        act = None
+        with torch.no_grad(), ffn_covariances(model) as acc:
+            for i in range(0, len(self.eval_ids), self.batch_size):
+                ids = self.eval_ids[i: i + self.batch_size].to(device)  # (b, seq)
+                mask = self.eval_mask[i: i + self.batch_size].to(device)
+                acc["mask"][0] = mask
+                labels = ids.masked_fill(mask == 0, -100)
+                out = model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, labels=labels,
+                            output_hidden_states=True)
+                n = int((labels[:, 1:] != -100).sum())
+                loss_sum += float(out.loss) * n
+                n_targets += n
+                h = out.hidden_states[self.residual_layer]  # (b, seq, d)
+                if act is None:
+                    act = StreamingCovariance(h.shape[-1], device=h.device)
+                act.update(h.reshape(-1, h.shape[-1])[mask.reshape(-1).bool()])
+            record = {"eval_loss": loss_sum / n_targets}
+            for layer in range(len(acc["pre"])):  # one layer at a time; free each accumulator after
+                eig_pre = acc["pre"][layer].eigenvalues()
+                eig_post = acc["post"][layer].eigenvalues()
+                acc["pre"][layer] = acc["post"][layer] = None
+                record.update({f"{k}_l{layer}": v for k, v in nerve_metrics(eig_pre, eig_post).items()})
+        eig_act = act.eigenvalues()
+        self.spectra.setdefault(step, {})["act"] = eig_act.cpu().numpy()
+        record["act_eff_rank"] = effective_rank(eig_act)
+        record["act_tail_slope"] = power_law_slope(eig_act, *self.tail_window)
+        return record
+
+    def _gradient_statistics(self, model: nn.Module, device, step: int) -> dict:
+        """Effective rank of the per-sample gradient matrix's singular values."""
+        name = self.grad_param or f"transformer.layers.{len(ffn_modules(model)) - 1}.mlp.down_proj.weight"
+        ids = self.eval_ids[: self.grad_samples].to(device)
+        mask = self.eval_mask[: self.grad_samples].to(device)
+        sv = torch.linalg.svdvals(per_sample_grads(model, name, ids, mask).double())
+        self.spectra.setdefault(step, {})["grad"] = sv.cpu().numpy()
+        return {"grad_eff_rank": effective_rank(sv)}
+
+
+class SpectralTrainerCallback(TrainerCallback):
+    """`transformers.TrainerCallback` around a SpectralCallback: records at every `every`-th
+    optimizer step (state.global_step) with the last logged training loss, if any. `tokens` is
+    left None: the Trainer does not know the sequence length of its batches."""
+
+    def __init__(self, spectral: SpectralCallback):
+        self.spectral = spectral
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        losses = [h["loss"] for h in state.log_history if "loss" in h]
+        self.spectral(model, state.global_step, train_loss=losses[-1] if losses else None)
+        return control
+
+
+# --- training --------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one run (AdamW, linear warmup then cosine decay to lr * min_lr_ratio)."""
+
+    steps: int = 300
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 2e-3
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def lr_at(self, step: int) -> float:
+        """lr * step/warmup while warming up, then lr * (r + (1 - r) (1 + cos(pi t)) / 2), t in [0, 1]."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@dataclass
+class TrainResult:
+    model: NanoGPTForCausalLM
+    train_losses: list[float] = field(default_factory=list)  # one per step
+    records: list[dict] = field(default_factory=list)  # the callback's records
+
+
+def train(model_config: NanoGPTConfig, data: TokenData, config: TrainConfig = TrainConfig(),
+          callback: SpectralCallback | None = None, progress: bool = True, desc: str = "train") -> TrainResult:
+    """Train a fresh NanoGPTForCausalLM; deterministic for a fixed `config.seed`.
+
+    The seed fixes the initial weights (torch.manual_seed before construction) and the data
+    order (a separate torch.Generator for the windows). With a callback, it is called after
+    every optimizer step with the 1-based step count and once at step 0, before training.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(config.seed)
+    model = NanoGPTForCausalLM(model_config)
+    generator = torch.Generator().manual_seed(config.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+    result = TrainResult(model=model)
+    tokens_per_step = config.batch_size * config.seq_len
+    if callback is not None:
+        callback(model, 0, train_loss=None, tokens=0)
+    model.train()
+    bar = tqdm(range(config.steps), desc=desc, disable=not progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
+        ids = data.train_batch(generator, config.batch_size, config.seq_len)  # (batch, seq)
+        loss = model(input_ids=ids, labels=ids).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        result.train_losses.append(loss.item())
+        if callback is not None:
+            record = callback(model, step + 1, train_loss=result.train_losses[-1], tokens=(step + 1) * tokens_per_step)
+            if record is not None:
+                bar.set_postfix(eval_loss=f"{record['eval_loss']:.3f}")
+    model.eval()
+    if callback is not None:
+        result.records = list(callback.records)
+    return result
+
+
+def run_config_dict(model_config: NanoGPTConfig, config: TrainConfig) -> dict:
+    """Flat description of a run for logs: the architecture fields that the sweeps vary plus TrainConfig."""
+    arch = {k: getattr(model_config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                  "intermediate_size", "hidden_act", "norm_placement",
+                                                  "position_embedding")}
+    return {**arch, **asdict(config)}

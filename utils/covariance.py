@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .spectra import single_threaded_lapack
+
 
 class StreamingCovariance:
     """Accumulate mean and covariance of D-dimensional rows without storing them.
@@ -59,7 +61,11 @@ class StreamingCovariance:
 
     def eigenvalues(self) -> torch.Tensor:
         """Eigenvalues of the covariance, descending, clipped at 0 (eigvalsh: values only)."""
-        return torch.linalg.eigvalsh(self.covariance()).flip(0).clamp_min(0.0)
+        cov = self.covariance()
+        if cov.is_cuda:
+            return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
+        with single_threaded_lapack():
+            return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
 
     def state_dict(self) -> dict:
         return {"dim": self.dim, "count": self.count, "sum": self.sum.cpu(), "sum_outer": self.sum_outer.cpu()}

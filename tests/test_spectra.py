@@ -1,0 +1,200 @@
+"""Spectral metrics against closed forms, invariances and straightforward references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from utils.spectra import (
+    components_for_variance,
+    early_eigenvalue_enrichment,
+    effective_rank,
+    fit_power_law,
+    js_divergence,
+    marchenko_pastur_edge,
+    mp_signal_ratio,
+    participation_ratio,
+    power_law_slope,
+    singular_values,
+    spectral_entropy,
+    stable_rank,
+    weight_metrics,
+)
+
+rng = np.random.default_rng(0)
+
+
+def _orthogonal(n: int, seed: int = 0) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q
+
+
+# --- singular values and effective rank ---------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(40, 40), (120, 30), (30, 120), (2000, 16)])
+def test_singular_values_match_svd(shape):
+    W = torch.randn(*shape, dtype=torch.float64)
+    assert torch.allclose(singular_values(W), torch.linalg.svdvals(W), rtol=1e-8, atol=1e-10)
+
+
+def test_effective_rank_closed_forms():
+    assert effective_rank(torch.eye(50)) == pytest.approx(50.0)
+    assert effective_rank(3.7 * torch.eye(50)) == pytest.approx(50.0)
+    u, v = torch.randn(40, 1), torch.randn(1, 30)
+    assert effective_rank(u @ v) == pytest.approx(1.0, abs=1e-5)
+    # Two equal singular values and the rest zero: exp(ln 2) = 2.
+    assert effective_rank(np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(2.0)
+
+
+def test_effective_rank_invariances_and_reference():
+    W = torch.randn(60, 40, dtype=torch.float64)
+    ref_s = np.linalg.svd(W.numpy(), compute_uv=False)
+    p = ref_s / ref_s.sum()
+    reference = math.exp(-(p * np.log(p)).sum())  # seed 1.py formula, numpy
+    assert effective_rank(W) == pytest.approx(reference, rel=1e-9)
+    assert effective_rank(5.0 * W) == pytest.approx(reference, rel=1e-9)
+    rotated = _orthogonal(60, 1) @ W @ _orthogonal(40, 2)
+    assert effective_rank(rotated) == pytest.approx(reference, rel=1e-8)
+    assert 1.0 <= reference <= 40.0
+
+
+def test_stable_rank():
+    assert stable_rank(np.ones(10)) == pytest.approx(10.0)
+    assert stable_rank(np.array([2.0, 0.0, 0.0])) == pytest.approx(1.0)
+    W = torch.randn(30, 20, dtype=torch.float64)
+    ref = (torch.linalg.matrix_norm(W) ** 2 / torch.linalg.matrix_norm(W, 2) ** 2).item()
+    assert stable_rank(singular_values(W)) == pytest.approx(ref, rel=1e-9)
+    with pytest.raises(ValueError):
+        stable_rank(np.zeros(4))
+
+
+def test_metrics_reject_bad_spectra():
+    with pytest.raises(ValueError, match="NaN"):
+        effective_rank(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="zero"):
+        spectral_entropy(np.zeros(5))
+
+
+# --- power law ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [1.8, 2.5, 4.0])
+def test_power_law_recovers_pareto_exponent(alpha):
+    """Pareto samples with p(x) ~ x^-alpha above xmin = 1 (inverse-CDF sampling)."""
+    u = np.random.default_rng(1).random(4000)
+    x = (1 - u) ** (-1.0 / (alpha - 1.0))
+    fit = fit_power_law(x)
+    assert fit.alpha == pytest.approx(alpha, rel=0.08)
+    assert fit.ks_distance < 0.05
+
+
+def test_power_law_matches_brute_force_reference():
+    x = np.sort(np.random.default_rng(2).lognormal(size=300))
+    best = (np.inf, None)
+    for xmin in x[:-10]:
+        tail = x[x >= xmin]
+        a = 1 + tail.size / np.log(tail / xmin).sum()
+        cdf = 1 - (tail / xmin) ** (1 - a)
+        emp_lo, emp_hi = np.arange(tail.size) / tail.size, np.arange(1, tail.size + 1) / tail.size
+        ks = max(np.abs(cdf - emp_lo).max(), np.abs(cdf - emp_hi).max())
+        if ks < best[0]:
+            best = (ks, a)
+    fit = fit_power_law(x)
+    assert fit.ks_distance == pytest.approx(best[0])
+    assert fit.alpha == pytest.approx(best[1])
+    assert fit_power_law(7.0 * x).alpha == pytest.approx(fit.alpha)  # scale invariant
+
+
+# --- Marchenko-Pastur ---------------------------------------------------------------------------
+
+def test_marchenko_pastur_edge_bounds_noise():
+    N, M, sigma = 800, 200, 0.3
+    W = torch.randn(N, M, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * sigma
+    s = singular_values(W)
+    edge = marchenko_pastur_edge(N, M, sigma)
+    assert s[0].item() == pytest.approx(edge, rel=0.05)
+    assert mp_signal_ratio(s, N, M, sigma * 1.05) == 0.0
+    spiked = W + 20 * torch.randn(N, 1, dtype=torch.float64) @ torch.randn(1, M, dtype=torch.float64) / math.sqrt(N * M) * math.sqrt(N)
+    assert mp_signal_ratio(singular_values(spiked), N, M, sigma) == pytest.approx(1 / M)
+
+
+def test_weight_metrics_bounds():
+    m = weight_metrics(torch.randn(96, 64))
+    assert 1 <= m["eff_rank"] <= 64 and 1 <= m["stable_rank"] <= m["eff_rank"] + 64
+    assert 0 <= m["mp_signal_ratio"] <= 1 and m["alpha"] > 1
+    assert m["singular_values"].shape == (64,)
+
+
+# --- NerVE metrics (section 2) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("D", [2, 7, 768])
+def test_nerve_closed_forms(D):
+    uniform = np.full(D, 3.0)
+    assert spectral_entropy(uniform) == pytest.approx(math.log(D))
+    assert participation_ratio(uniform) == pytest.approx(D)
+    assert early_eigenvalue_enrichment(uniform) == pytest.approx(0.0, abs=1e-12)
+    one = np.zeros(D)
+    one[0] = 5.0
+    assert spectral_entropy(one) == pytest.approx(0.0)
+    assert participation_ratio(one) == pytest.approx(1.0)
+    assert early_eigenvalue_enrichment(one) == pytest.approx(1.0)
+
+
+def test_nerve_scale_invariance_and_order():
+    eigs = np.random.default_rng(4).exponential(size=100)
+    for f in (spectral_entropy, participation_ratio, early_eigenvalue_enrichment):
+        assert f(eigs * 123.0) == pytest.approx(f(eigs))
+        assert f(eigs[::-1]) == pytest.approx(f(eigs))  # sorted internally
+    assert js_divergence(eigs, 9.0 * eigs) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_eee_figure2_ordering():
+    """NerVE figure 2: the more dimensions carry variance, the lower EEE (D = 768)."""
+    D = 768
+    values = []
+    for fraction in (0.01, 0.1, 0.5, 0.99):
+        k = max(1, int(fraction * D))
+        eigs = np.r_[np.ones(k), np.zeros(D - k)]
+        values.append(early_eigenvalue_enrichment(eigs))
+    assert all(a > b for a, b in zip(values, values[1:]))
+    # k of D equal eigenvalues: EEE = 1 - (k - 1) / (D - 1) exactly.
+    k = 77
+    assert early_eigenvalue_enrichment(np.r_[np.ones(k), np.zeros(D - k)]) == pytest.approx(1 - (k - 1) / (D - 1))
+
+
+def test_eee_matches_equation_3_up_to_exact_normaliser():
+    eigs = np.sort(np.random.default_rng(5).exponential(size=50))[::-1]
+    D = eigs.size
+    p = eigs / eigs.sum()
+    eq3 = 2.0 * sum(p[:k].sum() - k / D for k in range(1, D + 1)) / D
+    assert early_eigenvalue_enrichment(eigs) == pytest.approx(eq3 * D / (D - 1))
+
+
+def test_js_bounds_and_reference():
+    # Disjoint supports reach ln 2; rank matching (NerVE) sorts both first, so they coincide.
+    assert js_divergence([1.0, 0.0], [0.0, 1.0], rank_matched=False) == pytest.approx(math.log(2))
+    assert js_divergence([1.0, 0.0], [0.0, 1.0]) == pytest.approx(0.0)
+    assert js_divergence([1.0, 1.0, 0, 0], [0, 0, 2.0, 2.0], rank_matched=False) == pytest.approx(math.log(2))
+    p = np.random.default_rng(6).exponential(size=30)
+    q = np.random.default_rng(7).exponential(size=30)
+    pn, qn = np.sort(p)[::-1] / p.sum(), np.sort(q)[::-1] / q.sum()
+    m = (pn + qn) / 2
+    reference = 0.5 * (pn * np.log(pn / m)).sum() + 0.5 * (qn * np.log(qn / m)).sum()
+    assert js_divergence(p, q) == pytest.approx(reference)
+    assert js_divergence(p, q) == pytest.approx(js_divergence(q, p))
+    assert 0 <= js_divergence(p, q) <= math.log(2)
+
+
+def test_participation_ratio_reference():
+    eigs = np.random.default_rng(8).exponential(size=64)
+    assert participation_ratio(eigs) == pytest.approx(eigs.sum() ** 2 / (eigs**2).sum())
+    assert 1 <= participation_ratio(eigs) <= 64
+
+
+def test_components_for_variance_and_slope():
+    assert components_for_variance(np.ones(10), 0.9) == 9
+    assert components_for_variance(np.r_[10.0, np.ones(9) * 1e-6], 0.9) == 1
+    k = np.arange(1, 201)
+    assert power_law_slope(k**-1.5, 10, 150) == pytest.approx(-1.5)

@@ -149,6 +149,17 @@ def test_logits_and_final_norm(loaded):
     assert adapter.unembedding().shape == (adapter.dims.V, adapter.dims.d)
 
 
+def test_nanogpt_checkpoints_use_the_same_vocabulary():
+    """Models trained by notebook 06 (model_type spectra_nanogpt) are analysed like any other."""
+    from pathlib import Path
+
+    nano = load_model(str(Path(__file__).parent / "params" / "nanogpt-tiny.yaml"))
+    assert nano.adapter.family.name == "spectra_nanogpt"
+    assert not nano.adapter.ffn(0).gated and nano.adapter.dims.GQA == nano.adapter.dims.h
+    test_ffn_hooks_and_weights(nano)
+    test_logits_and_final_norm(nano)
+
+
 def test_mistral_maps_to_llama_family():
     config = AutoConfig.for_model("mistral", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64)

@@ -178,9 +178,18 @@ class ModelAdapter:
             scale=float(scale),
         )
 
+    def _gate_module(self, layer: int) -> nn.Module | None:
+        """The gate projection, or None for non-gated FFNs (also within a family, e.g. NanoGPT)."""
+        path = self.family.ffn_gate
+        if not path:
+            return None
+        parent, _, leaf = path.rpartition(".")
+        return getattr(_get(self.block(layer), parent) if parent else self.block(layer), leaf, None)
+
     def ffn(self, layer: int) -> FFNWeights:
         block = self.block(layer)
-        gate = _linear(_get(block, self.family.ffn_gate)) if self.family.ffn_gate else None
+        gate_module = self._gate_module(layer)
+        gate = _linear(gate_module) if gate_module is not None else None
         return FFNWeights(
             w_in=_linear(_get(block, self.family.ffn_in)),
             w_gate=gate,
@@ -225,8 +234,8 @@ class ModelAdapter:
 
     def ffn_pre_module(self, layer: int) -> nn.Module:
         """Module whose output is the FFN pre-activation (gate output if gated, else up output)."""
-        path = self.family.ffn_gate or self.family.ffn_in
-        return _get(self.block(layer), path)
+        gate = self._gate_module(layer)
+        return gate if gate is not None else _get(self.block(layer), self.family.ffn_in)
 
     def ffn_post_module(self, layer: int) -> nn.Module:
         """Module whose input is the FFN post-activation (the down projection)."""
@@ -281,13 +290,13 @@ FAMILIES: tuple[Family, ...] = (
         ffn_gate=None, ffn_out="output.dense", embed="embeddings.word_embeddings", final_norm=None,
         causal_lm=False,
     ),
+    Family(
+        "spectra_nanogpt", ("spectra_nanogpt",), blocks="layers",
+        qkv=_separate_qkv("attn.q_proj", "attn.k_proj", "attn.v_proj"), attn_module="attn",
+        o_proj="attn.o_proj", ffn_in="mlp.up_proj", ffn_gate="mlp.gate_proj", ffn_out="mlp.down_proj",
+        embed="wte", final_norm="ln_f",
+    ),
 )
-
-
-def register_family(family: Family) -> None:
-    """Add a family at run time (used by utils.training for its own NanoGPT models)."""
-    global FAMILIES
-    FAMILIES = tuple(f for f in FAMILIES if f.name != family.name) + (family,)
 
 
 def supported_model_types() -> list[str]:

@@ -22,6 +22,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from . import nanogpt  # noqa: F401  (registers spectra_nanogpt with the Auto classes)
 from .adapters import ModelAdapter, get_adapter
 from .params import REPO_ROOT, Params, load_params
 
@@ -196,9 +197,7 @@ def _random_model(params: Params):
     model = _auto_class(params).from_config(config, attn_implementation="eager")
     if s.get("tokenizer", "bytes") != "bytes":
         raise ModelUnavailableError(f"{params.path}: random models support tokenizer 'bytes' only")
-    from .training import byte_tokenizer
-
-    return model, byte_tokenizer()
+    return model, nanogpt.byte_tokenizer()
 
 
 def _estimate_bytes(config, dtype: torch.dtype) -> int:

@@ -6,7 +6,7 @@
 - `SpectralCallback`: a plain object, `callback(model, step, train_loss=...)`, usable in any
   PyTorch loop; `SpectralTrainerCallback` wraps it for a `transformers.Trainer`. Every `every`
   steps it records eval loss and
-    * NerVE metrics of every FFN (Jha & Reagen et al., NerVE, sec. 2, eqs. 1-6): spectral
+    * NerVE metrics of every FFN (NerVE paper, sec. 2, eqs. 1-6): spectral
       entropy, participation ratio, early eigenvalue enrichment of the pre- and post-activation
       covariance spectra, and the Jensen-Shannon divergence between them. Pre = gate_proj output
       (gated FFN) or up_proj output, collected by a forward hook; post = the input of down_proj,
@@ -300,7 +300,7 @@ class TrainResult:
     records: list[dict] = field(default_factory=list)  # the callback's records
 
 
-def train(model_config: NanoGPTConfig, data: TokenData, config: TrainConfig = TrainConfig(),
+def train(model_config: NanoGPTConfig, data: TokenData, config: TrainConfig | None = None,
           callback: SpectralCallback | None = None, progress: bool = True, desc: str = "train") -> TrainResult:
     """Train a fresh NanoGPTForCausalLM; deterministic for a fixed `config.seed`.
 
@@ -310,6 +310,7 @@ def train(model_config: NanoGPTConfig, data: TokenData, config: TrainConfig = Tr
     """
     from tqdm.auto import tqdm
 
+    config = config or TrainConfig()
     torch.manual_seed(config.seed)
     model = NanoGPTForCausalLM(model_config)
     generator = torch.Generator().manual_seed(config.seed)

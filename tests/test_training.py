@@ -155,3 +155,19 @@ def test_metrics_in_bounds_and_trainer_wrapper():
                 assert 0.0 <= record[f"eee_{side}_l{layer}"] <= 1.0 + 1e-9
             assert 0.0 <= record[f"js_l{layer}"] <= math.log(2) + 1e-12
     assert cb.spectra[4]["act"].shape == (model.config.hidden_size,)
+
+
+def test_callback_runs_in_a_foreign_hf_model():
+    """The spectral callback finds FFNs through the adapters, so any supported HF model works."""
+    from pathlib import Path
+
+    from utils.models import load_model
+
+    loaded = load_model(str(Path(__file__).parent / "params" / "tiny-gpt2.yaml"))
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    callback = SpectralCallback(eval_ids=ids, every=1, grad_samples=2, tail_window=(1, 16))
+    record = callback(loaded.model, 0, train_loss=None, tokens=0)
+    n_layers = loaded.dims.L
+    assert {f"pr_post_l{n_layers - 1}", "grad_eff_rank", "act_eff_rank"} <= set(record)
+    assert 1 <= record["pr_pre_l0"] <= loaded.dims.d_ff
+    assert 1 <= record["grad_eff_rank"] <= 2

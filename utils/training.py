@@ -36,6 +36,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import TrainerCallback
 
+from utils.adapters import get_adapter
 from utils.corpus import DEFAULT_CORPUS, load_corpus
 from utils.covariance import StreamingCovariance
 from utils.nanogpt import NanoGPTConfig, NanoGPTForCausalLM, byte_tokenizer
@@ -47,10 +48,11 @@ from utils.spectra import (
     power_law_slope,
     spectral_entropy,
 )
+from .spectra import nerve_metrics  # moved to utils.spectra; re-exported here
 
 __all__ = [
     "NanoGPTConfig", "NanoGPTForCausalLM", "byte_tokenizer", "TokenData", "TrainConfig", "TrainResult",
-    "train", "ffn_modules", "ffn_covariances", "nerve_metrics", "per_sample_grads", "SpectralCallback",
+    "train", "ffn_covariances", "nerve_metrics", "per_sample_grads", "SpectralCallback",
     "SpectralTrainerCallback", "run_config_dict",
 ]
 
@@ -88,23 +90,20 @@ class TokenData:
 
 # --- NerVE FFN hooks -------------------------------------------------------------------------
 
-def ffn_modules(model: nn.Module) -> list[nn.Module]:
-    """The FFN of every layer, in depth order (modules with `up_proj` and `down_proj`)."""
-    return [m for m in model.modules() if hasattr(m, "up_proj") and hasattr(m, "down_proj")]
-
-
 @contextlib.contextmanager
 def ffn_covariances(model: nn.Module, attention_mask: torch.Tensor | None = None):
     """Context manager that streams pre/post-activation rows of every FFN into float64 accumulators.
 
-    Yields {"pre": [StreamingCovariance per layer], "post": [...], "mask": [attention_mask]}; set
-    `state["mask"][0]` before each forward when batches change. Pre = output of gate_proj
-    (gated) or up_proj, via a forward hook; post = input of down_proj, via a forward pre-hook
-    (NerVE appendix A). Rows of padded positions (mask == 0) are dropped. Hooks are removed
-    on exit, also on error.
+    Works on any model the adapters support (NanoGPT, Llama, GPT-2, ...), so the callback runs in
+    a user's own training loop too. Yields {"pre": [StreamingCovariance per layer], "post": [...],
+    "mask": [attention_mask]}; set `state["mask"][0]` before each forward when batches change.
+    Pre = output of the gate (gated) or up projection, via a forward hook; post = input of the
+    down projection, via a forward pre-hook (NerVE appendix A). Rows of padded positions
+    (mask == 0) are dropped. Hooks are removed on exit, also on error.
     """
-    ffns = ffn_modules(model)
-    state = {"pre": [None] * len(ffns), "post": [None] * len(ffns), "mask": [attention_mask]}
+    adapter = get_adapter(model)
+    n_layers = adapter.dims.L
+    state = {"pre": [None] * n_layers, "post": [None] * n_layers, "mask": [attention_mask]}
 
     def keep(x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (n_real_tokens, D)
         mask = state["mask"][0]
@@ -117,26 +116,16 @@ def ffn_covariances(model: nn.Module, attention_mask: torch.Tensor | None = None
         state[kind][i].update(keep(x))
 
     handles = []
-    for i, ffn in enumerate(ffns):
-        pre_module = ffn.gate_proj if hasattr(ffn, "gate_proj") else ffn.up_proj
-        handles.append(pre_module.register_forward_hook(lambda mod, inp, out, i=i: add("pre", i, out)))
-        handles.append(ffn.down_proj.register_forward_pre_hook(lambda mod, inp, i=i: add("post", i, inp[0])))
+    for i in range(n_layers):
+        handles.append(adapter.ffn_pre_module(i).register_forward_hook(
+            lambda mod, inp, out, i=i: add("pre", i, out)))
+        handles.append(adapter.ffn_post_module(i).register_forward_pre_hook(
+            lambda mod, inp, i=i: add("post", i, inp[0])))
     try:
         yield state
     finally:
         for h in handles:
             h.remove()
-
-
-def nerve_metrics(eig_pre, eig_post) -> dict[str, float]:
-    """NerVE sec. 2 metrics of one FFN from its pre/post covariance eigenvalues:
-    se (eq. SE), pr (eq. 2), eee (eq. 3) for each side, and js (eqs. 4-6) between them."""
-    return {
-        "se_pre": spectral_entropy(eig_pre), "se_post": spectral_entropy(eig_post),
-        "pr_pre": participation_ratio(eig_pre), "pr_post": participation_ratio(eig_post),
-        "eee_pre": early_eigenvalue_enrichment(eig_pre), "eee_post": early_eigenvalue_enrichment(eig_post),
-        "js": js_divergence(eig_pre, eig_post),
-    }
 
 
 # --- per-sample gradients --------------------------------------------------------------------
@@ -247,12 +236,21 @@ class SpectralCallback:
 
     def _gradient_statistics(self, model: nn.Module, device, step: int) -> dict:
         """Effective rank of the per-sample gradient matrix's singular values."""
-        name = self.grad_param or f"transformer.layers.{len(ffn_modules(model)) - 1}.mlp.down_proj.weight"
+        name = self.grad_param or _parameter_name(model, _last_ffn_out(model).weight)
         ids = self.eval_ids[: self.grad_samples].to(device)
         mask = self.eval_mask[: self.grad_samples].to(device)
         sv = torch.linalg.svdvals(per_sample_grads(model, name, ids, mask).double())
         self.spectra.setdefault(step, {})["grad"] = sv.cpu().numpy()
         return {"grad_eff_rank": effective_rank(sv)}
+
+
+def _last_ffn_out(model: nn.Module) -> nn.Module:
+    adapter = get_adapter(model)
+    return adapter.ffn_post_module(adapter.dims.L - 1)
+
+
+def _parameter_name(model: nn.Module, parameter: torch.Tensor) -> str:
+    return next(name for name, p in model.named_parameters() if p is parameter)
 
 
 class SpectralTrainerCallback(TrainerCallback):

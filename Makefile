@@ -68,7 +68,7 @@ all: $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(call report,$(m),$(nb))))
 
 ## Tests, benchmarks, lab -----------------------------------------------------------------------
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q
 
 bench: $(STAMP)
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

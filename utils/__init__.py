@@ -26,9 +26,22 @@ from .spectra import (
     js_divergence,
     marchenko_pastur_edge,
     mp_signal_ratio,
+    nerve_metrics,
     participation_ratio,
     power_law_slope,
     spectral_entropy,
     stable_rank,
     weight_metrics,
 )
+from .kernels import HeadKernels, head_kernels, kernel_table, layer_metrics
+from .subspaces import (
+    chance_similarity,
+    energy_in_subspace,
+    ffn_alignment,
+    get_attn_subspace,
+    layer_subspaces,
+    similarity_matrix,
+    subspace_similarity,
+)
+from .activations import ActivationStats, BatchActivations, collect_activations
+from .representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, linear_cka

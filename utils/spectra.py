@@ -295,3 +295,14 @@ def power_law_slope(eigs, start: int, stop: int) -> float:
         return float("nan")
     slope, _ = np.polyfit(np.log(k[keep]), np.log(window[keep]), 1)
     return float(slope)
+
+
+def nerve_metrics(eig_pre, eig_post) -> dict[str, float]:
+    """NerVE sec. 2 metrics of one FFN from its pre/post covariance eigenvalues:
+    se (eq. SE), pr (eq. 2), eee (eq. 3) for each side, and js (eqs. 4-6) between them."""
+    return {
+        "se_pre": spectral_entropy(eig_pre), "se_post": spectral_entropy(eig_post),
+        "pr_pre": participation_ratio(eig_pre), "pr_post": participation_ratio(eig_post),
+        "eee_pre": early_eigenvalue_enrichment(eig_pre), "eee_post": early_eigenvalue_enrichment(eig_post),
+        "js": js_divergence(eig_pre, eig_post),
+    }

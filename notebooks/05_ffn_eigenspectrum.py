@@ -1,0 +1,239 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · FFN eigenspectrum: does the nonlinearity spread variance across the FFN's latent space?
+# For every FFN, the covariance eigenspectrum of its pre-activation (gate projection output for
+# gated FFNs, input projection output otherwise) and post-activation (input of the output
+# projection), and the NerVE metrics (NerVE, sec. 2): spectral entropy SE, participation ratio PR,
+# early eigenvalue enrichment EEE, and the Jensen-Shannon divergence between the two spectra.
+# NerVE's finding on trained models: the nonlinearity raises SE and PR and lowers EEE. We test it
+# here, layer by layer, on a trained model over offline text.
+
+# %%
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from utils import Report, load_model, output_dir, sample_tokens
+from utils.activations import collect_activations
+from utils.plotting import save_figure, subplots
+from utils.report import save_npy, write_csv
+from utils.spectra import nerve_metrics, normalized
+
+# %% tags=["parameters"]
+model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
+output_root: str = "output"  # outputs go to <output_root>/<model>/05_ffn_eigenspectrum/
+corpus: str = "stdlib-docs"  # "stdlib-docs" (offline), "file:<path or glob>", or "wikitext-103"
+n_sequences: int = 64  # token windows; 64 x 128 gives 8192 tokens, at least 4 per FFN dimension up to D_ff 2048
+seq_len: int = 128  # tokens per window
+seed: int = 0  # window choice
+batch_size: int = 8  # windows per forward pass
+spectra_layers: list = []  # layers whose spectra are plotted (negative counts from the end); empty list: first, middle, last
+ffn_memory_mb: int = 512  # budget for the float64 FFN accumulators held at once (2 D_ff^2 8 bytes per layer)
+majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
+cache: bool = False  # cache the accumulators (utils.models.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
+
+# %%
+loaded = load_model(model)
+out = output_dir(loaded.params, "05_ffn_eigenspectrum", output_root)
+adapter = loaded.adapter
+L, d, d_ff = adapter.dims.L, adapter.dims.d, adapter.dims.d_ff
+for name, value, low in [("n_sequences", n_sequences, 1), ("seq_len", seq_len, 2), ("batch_size", batch_size, 1),
+                         ("ffn_memory_mb", ffn_memory_mb, 1)]:
+    if value < low:
+        raise ValueError(f"parameter {name} must be >= {low}, got {value}")
+if not 0.0 <= majority < 1.0:
+    raise ValueError(f"parameter majority must be in [0, 1), got {majority}")
+if not spectra_layers:
+    spectra_layers = sorted({0, L // 2, L - 1})
+for i in spectra_layers:
+    try:
+        adapter.check_layer(i)
+    except IndexError as err:
+        raise ValueError(f"parameter spectra_layers: {err}") from None
+spectra_layers = sorted({i % L for i in spectra_layers})
+tokens = sample_tokens(loaded.tokenizer, corpus, n_sequences, seq_len, seed)
+n_tokens = tokens.n_tokens
+max_rank = min(d_ff, n_tokens - 1)  # rank of a covariance of n_tokens rows
+rank_deficient = n_tokens - 1 < d_ff
+if rank_deficient:
+    warnings.warn(f"{n_tokens} tokens < D_ff + 1 = {d_ff + 1}: the covariances have rank <= {n_tokens - 1}, which caps "
+                  f"SE at ln({n_tokens - 1}) and PR at {n_tokens - 1}; raise n_sequences or seq_len")
+per_layer_bytes = 2 * d_ff * d_ff * 8
+layers_per_pass = max(1, (ffn_memory_mb << 20) // per_layer_bytes)
+groups = [list(range(s, min(s + layers_per_pass, L))) for s in range(0, L, layers_per_pass)]
+print(f"{loaded.params.name}: L={L}, d={d}, D_ff={d_ff}, gated={adapter.ffn(0).w_gate is not None}; "
+      f"{n_tokens} tokens of '{corpus}' ({n_tokens / d_ff:.1f} per FFN dimension); "
+      f"{len(groups)} pass(es) of <= {layers_per_pass} layers ({per_layer_bytes / 2**20:.0f} MiB per layer)")
+
+# %% [markdown]
+# ## 1. Pre/post-activation covariance spectra of every FFN
+# The activation engine streams the model over the windows and accumulates each FFN's pre- and
+# post-activation covariance in float64 (NerVE eq. 1), on the model's device. Layers go in groups
+# whose accumulators fit `ffn_memory_mb`; each group's eigenvalues (`eigvalsh`, values only) are
+# taken layer by layer and the accumulator freed at once, so peak memory stays O(D_ff^2)
+# whatever the depth (NerVE appendix F, Algorithm 1).
+
+# %%
+rows, eig_pre, eig_post = [], np.zeros((L, d_ff)), np.zeros((L, d_ff))
+with tqdm(total=L, desc="FFN spectra") as bar:
+    for group in groups:
+        stats = collect_activations(loaded, tokens, residual=False, ffn_layers=group, batch_size=batch_size,
+                                    ffn_memory_bytes=ffn_memory_mb << 20, cache=cache)
+        for i in group:
+            eig_pre[i] = stats.ffn_pre.pop(i).eigenvalues().cpu().numpy()
+            eig_post[i] = stats.ffn_post.pop(i).eigenvalues().cpu().numpy()
+            rows.append({"layer": i, **nerve_metrics(eig_pre[i], eig_post[i])})
+            bar.update()
+        del stats
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+df = pd.DataFrame(rows)
+df["pr_gain"] = df.pr_post / df.pr_pre
+df["se_up"] = df.se_post > df.se_pre
+df["pr_up"] = df.pr_post > df.pr_pre
+df["eee_down"] = df.eee_post < df.eee_pre
+df["holds"] = df.se_up & df.pr_up & df.eee_down
+df["n_tokens"], df["d_ff"] = n_tokens, d_ff
+df = df[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain",
+         "se_up", "pr_up", "eee_down", "holds", "n_tokens", "d_ff"]]
+write_csv(df, out / "ffn_spectra.csv", float_format="%.10g")
+save_npy(eig_pre, out / "eigenvalues_pre.npy")
+save_npy(eig_post, out / "eigenvalues_post.npy")
+df
+
+# %% [markdown]
+# ## 2. The metrics across depth, pre vs post
+# SE is bounded by ln D_ff (dotted), PR by D_ff, EEE lies in [0, 1]; PR gain = PR_post / PR_pre
+# (above 1: the nonlinearity spreads variance over more directions).
+
+# %%
+panels = [("se", "spectral entropy SE", math.log(max_rank)), ("pr", "participation ratio PR", None),
+          ("eee", "early eigenvalue enrichment EEE", None)]
+fig, axes = subplots(1, 4, width=3.6, height=3.2)
+for ax, (key, title, bound) in zip(axes.flat, panels):
+    ax.plot(df.layer, df[f"{key}_pre"], marker=".", label="pre")
+    ax.plot(df.layer, df[f"{key}_post"], marker=".", label="post")
+    if bound is not None:
+        ax.axhline(bound, color="gray", linestyle=":", linewidth=1)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("layer")
+axes.flat[0].legend(fontsize=8)
+ax = axes.flat[3]
+ax.plot(df.layer, df.pr_gain, marker=".", color="C2")
+ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+ax.set_yscale("log")
+ax.set_title("PR gain post / pre", fontsize=10)
+ax.set_xlabel("layer")
+fig.suptitle(f"NerVE metrics by layer — {loaded.params.name} ({n_tokens} tokens)")
+fig.tight_layout()
+save_figure(fig, out / "metrics_by_depth.png")
+
+# %% [markdown]
+# ## 3. Jensen-Shannon divergence between the pre and post spectra (rank-matched, NerVE eqs. 4-6)
+
+# %%
+fig, axes = subplots(1, 1, width=6.0, height=3.2)
+ax = axes.flat[0]
+ax.plot(df.layer, df.js, marker="o", markersize=4, color="C3")
+ax.set_ylim(0, max(df.js.max() * 1.15, 1e-3))
+ax.set_xlabel("layer")
+ax.set_ylabel("JS(pre || post)  [0, ln 2]")
+ax.set_title(f"Spectral shift caused by the nonlinearity — {loaded.params.name}")
+fig.tight_layout()
+save_figure(fig, out / "js_profile.png")
+
+# %% [markdown]
+# ## 4. Eigenvalue spectra of selected layers
+# Normalised eigenvalues lambda_k / sum lambda against rank k, log-log.
+
+# %%
+fig, axes = subplots(1, len(spectra_layers), width=3.6, height=3.2)
+k = np.arange(1, d_ff + 1)
+for ax, i in zip(axes.flat, spectra_layers):
+    for eigs, label in ((eig_pre[i], "pre"), (eig_post[i], "post")):
+        p = normalized(eigs)
+        keep = p > 0
+        ax.loglog(k[keep], p[keep], label=label, linewidth=1)
+    r = df.iloc[i]
+    ax.set_title(f"layer {i}: PR {r.pr_pre:.0f} -> {r.pr_post:.0f}, JS {r.js:.3f}", fontsize=9)
+    ax.set_xlabel("rank k")
+axes.flat[0].set_ylabel("lambda_k / sum lambda")
+axes.flat[0].legend(fontsize=8)
+fig.tight_layout()
+save_figure(fig, out / "spectra_selected_layers.png")
+
+# %% [markdown]
+# ## Findings
+# NerVE's finding, per layer: SE_post > SE_pre, PR_post > PR_pre and EEE_post < EEE_pre. Each trend
+# "holds overall" when it holds in more than `majority` of the layers.
+
+# %%
+counts = {"SE rises": int(df.se_up.sum()), "PR rises": int(df.pr_up.sum()), "EEE falls": int(df.eee_down.sum())}
+n_all = int(df.holds.sum())
+overall = {name: c > majority * L for name, c in counts.items()}
+if all(overall.values()):
+    verdict = "HOLDS"
+elif any(overall.values()):
+    verdict = "HOLDS PARTLY"
+else:
+    verdict = "DOES NOT HOLD"
+failing = df.layer[~df.holds].tolist()
+js_max = df.loc[df.js.idxmax()]
+median_gain = float(df.pr_gain.median())
+findings = [
+    f"Verdict: NerVE's finding (the nonlinearity raises SE and PR and lowers EEE) {verdict} on "
+    f"{loaded.params.name}: all three trends together hold in {n_all} of {L} layers.",
+    "Per trend: " + "; ".join(f"{name} in {c}/{L} layers ({'majority' if overall[name] else 'not a majority'})"
+                              for name, c in counts.items()) + ".",
+    (f"Layers where at least one trend fails: {', '.join(map(str, failing))}." if failing
+     else "No layer breaks any of the three trends."),
+    f"PR gain post/pre: median {median_gain:.2f}x (range {df.pr_gain.min():.2f}x at layer "
+    f"{int(df.layer[df.pr_gain.idxmin()])} to {df.pr_gain.max():.2f}x at layer {int(df.layer[df.pr_gain.idxmax()])}); "
+    f"PR pre averages {df.pr_pre.mean():.1f} and post {df.pr_post.mean():.1f} of D_ff = {d_ff}.",
+    f"SE averages {df.se_pre.mean():.3f} pre and {df.se_post.mean():.3f} post (max ln D_ff = {math.log(d_ff):.3f}); "
+    f"EEE averages {df.eee_pre.mean():.3f} pre and {df.eee_post.mean():.3f} post.",
+    f"The largest spectral shift (JS) is at layer {int(js_max.layer)} ({js_max.js:.4f} of at most ln 2 = "
+    f"{math.log(2):.4f}); median JS over layers {df.js.median():.4f}.",
+]
+if rank_deficient:
+    findings.append(f"Caution: {n_tokens} tokens < D_ff + 1, so every covariance has rank <= {n_tokens - 1}; "
+                    f"SE and PR are capped and the comparison is biased toward the cap.")
+for line in findings:
+    print("-", line)
+
+# %%
+report = Report(f"05 · FFN eigenspectrum — {loaded.params.name}")
+report.heading("Model").table(loaded.describe())
+report.quantization_note(loaded.params)
+report.heading("Data").paragraph(
+    f"Corpus `{corpus}`: {n_sequences} windows x {seq_len} tokens = {n_tokens} tokens (seed {seed}), "
+    f"{n_tokens / d_ff:.1f} tokens per FFN dimension (D_ff = {d_ff}). Pre-activation: "
+    f"{'gate projection output (gated FFN)' if adapter.ffn(0).w_gate is not None else 'input projection output'}; "
+    f"post-activation: input of the output projection. Covariances accumulated in float64 over all tokens, "
+    f"eigenvalues by eigvalsh; natural logarithms; JS rank-matched (NerVE eqs. 4-6); EEE normalised by its "
+    f"exact maximum (D-1)/2.")
+report.heading("Findings").bullets(findings)
+report.heading("Per layer").table(df[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post",
+                                      "js", "pr_gain", "holds"]], digits=4)
+report.figure(out / "metrics_by_depth.png", "SE, PR, EEE pre vs post, and PR gain, by layer")
+report.figure(out / "js_profile.png", "JS divergence between pre and post spectra by layer")
+report.figure(out / "spectra_selected_layers.png",
+              f"Normalised eigenvalue spectra of layers {', '.join(map(str, spectra_layers))} (log-log)")
+report.write(out / "report.md")
+print(f"wrote {out}")

@@ -1,0 +1,321 @@
+"""The activation engine: one streaming pass of a model over token windows (notebooks 04, 05).
+
+`collect_activations(loaded, tokens, ...)` runs the model's base (no LM head, so no (B, S, V)
+logits are ever materialised) over the windows in batches under `torch.inference_mode` and, with
+forward hooks placed through the adapter, accumulates in float64 (`StreamingCovariance`):
+
+- residual stream, L + 2 states per token (the index convention of every consumer):
+      0          after the embeddings (input of block 0 = HF `hidden_states[0]`, so it includes
+                 e.g. Gemma's sqrt(d) embedding scale),
+      i = 1..L   output of block i-1 (HF `hidden_states[i]`), before the final norm,
+      L + 1      the final-normed last state, i.e. exactly what the LM head reads
+                 (= state L for models without a final norm, e.g. BERT);
+- FFN pre-activation (output of `adapter.ffn_pre_module(i)`) and post-activation (input of
+  `adapter.ffn_post_module(i)`) covariances, D_ff x D_ff each, for the requested `ffn_layers`
+  (NerVE eq. 1);
+- a seeded subsample of `keep_samples` token positions, the same positions for every residual
+  state, kept in float32 for sample-based metrics (CKA).
+
+Memory. Residual accumulators cost (L + 2) d^2 8 bytes. FFN accumulators cost 2 D_ff^2 8 bytes
+per layer (SmolLM2: 38 MB per layer, 1.1 GB for all 30). The requested FFN layers are split into
+groups whose accumulators fit `ffn_memory_bytes`, one forward pass per group (one layer per pass
+at worst, so the peak is O(D_ff^2) whatever L); passes after the first only run the model up to
+the last block they need. Residual statistics and per-batch consumers use the first pass only.
+
+Consumers. `consumers` are callables `f(batch: BatchActivations)` called after every batch of
+the first pass with all residual states of that batch, so that further statistics (logit lens,
+representation drift) come from the same forward pass instead of a second one.
+
+Cache. Results are stored at `cache_dir()/activations/<params>-<hash>.pt`, the hash over the
+model (params name, source, dtype, a weight fingerprint), the tokens (corpus, fingerprint,
+count, seed, attention-mask fingerprint) and what was collected. Written atomically; loaded with
+`torch.load(weights_only=True)`; the full key is stored and compared on load. With consumers the
+model still runs (once), but cached statistics are not re-accumulated.
+
+Padding: positions where `attention_mask == 0` never enter a statistic, sample or consumer row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .corpus import TokenSample
+from .covariance import StreamingCovariance
+from .models import LoadedModel, cache_dir
+from .report import atomic_path
+
+ENGINE_VERSION = 1
+
+
+@dataclass
+class BatchActivations:
+    """What a consumer sees for one batch of the first pass."""
+
+    input_ids: torch.Tensor  # (B, S)
+    mask: torch.Tensor  # (B, S) bool, True = real token
+    residual: list[torch.Tensor]  # L + 2 tensors (B, S, d), index convention of the module doc
+    offset: int  # row index of this batch's first window in `tokens.input_ids`
+
+
+@dataclass
+class ActivationStats:
+    """Accumulated statistics of one `collect_activations` call."""
+
+    residual: list[StreamingCovariance]  # L + 2 (see module doc); empty when residual=False
+    ffn_pre: dict[int, StreamingCovariance]  # layer -> (D_ff, D_ff) accumulator
+    ffn_post: dict[int, StreamingCovariance]
+    samples: torch.Tensor | None  # (L + 2, keep_samples, d) float32, or None
+    sample_positions: torch.Tensor  # (keep_samples,) flat indices into input_ids.view(-1)
+    n_tokens: int  # real (unmasked) tokens accumulated
+    key: dict = field(default_factory=dict)
+    from_cache: bool = False
+
+    def state_dict(self) -> dict:
+        return {
+            "residual": [acc.state_dict() for acc in self.residual],
+            "ffn_pre": {str(i): acc.state_dict() for i, acc in self.ffn_pre.items()},
+            "ffn_post": {str(i): acc.state_dict() for i, acc in self.ffn_post.items()},
+            "samples": self.samples,
+            "sample_positions": self.sample_positions,
+            "n_tokens": self.n_tokens,
+            "key": json.dumps(self.key, sort_keys=True),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ActivationStats":
+        acc = StreamingCovariance.from_state_dict
+        return cls(
+            residual=[acc(s) for s in state["residual"]],
+            ffn_pre={int(i): acc(s) for i, s in state["ffn_pre"].items()},
+            ffn_post={int(i): acc(s) for i, s in state["ffn_post"].items()},
+            samples=state["samples"],
+            sample_positions=state["sample_positions"],
+            n_tokens=int(state["n_tokens"]),
+            key=json.loads(state["key"]),
+            from_cache=True,
+        )
+
+
+# --- cache --------------------------------------------------------------------------------------
+
+def _weights_fingerprint(model: torch.nn.Module) -> str:
+    """Cheap identity of the weights: names, shapes and float64 sums of each tensor's first 4096 entries."""
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        head = p.detach().reshape(-1)[:4096].to("cpu", torch.float64)
+        h.update(f"{name}|{tuple(p.shape)}|{head.sum().item():.17g}|{head.abs().sum().item():.17g}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_key(loaded: LoadedModel, tokens: TokenSample, attention_mask: torch.Tensor | None, *,
+              residual: bool, ffn_layers: Sequence[int], keep_samples: int, seed: int,
+              skip_first: int = 0) -> dict:
+    """Everything the collected statistics depend on."""
+    p = loaded.params
+    mask_fp = None if attention_mask is None else hashlib.sha256(
+        attention_mask.to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    return {
+        "engine": ENGINE_VERSION,
+        "model": p.name, "source": p.source, "dtype": p.dtype, "weights": _weights_fingerprint(loaded.model),
+        "corpus": tokens.corpus, "tokens": tokens.fingerprint(), "n_tokens": tokens.n_tokens,
+        "shape": list(tokens.input_ids.shape), "token_seed": tokens.seed, "mask": mask_fp,
+        "residual": residual, "ffn_layers": sorted(ffn_layers), "keep_samples": keep_samples, "seed": seed,
+        "skip_first": skip_first,
+    }
+
+
+def cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return cache_dir() / "activations" / f"{key['model']}-{digest}.pt"
+
+
+def _load_cached(key: dict) -> ActivationStats | None:
+    path = cache_path(key)
+    if not path.exists():
+        return None
+    stats = ActivationStats.from_state_dict(torch.load(path, weights_only=True))
+    expected = json.loads(json.dumps(key, sort_keys=True, default=str))
+    return stats if stats.key == expected else None
+
+
+def _save_cached(stats: ActivationStats) -> Path:
+    path = cache_path(stats.key)
+    with atomic_path(path) as tmp:
+        torch.save(stats.state_dict(), tmp)
+    return path
+
+
+# --- hooks --------------------------------------------------------------------------------------
+
+class _StopForward(Exception):
+    """Raised by a hook once every block a pass needs has run."""
+
+
+def _tensor(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _ffn_groups(layers: Sequence[int], d_ff: int, budget_bytes: int) -> list[list[int]]:
+    """Split FFN layers into passes: each layer needs 2 D_ff^2 float64 accumulators."""
+    per_layer = 2 * d_ff * d_ff * 8
+    per_pass = max(1, budget_bytes // per_layer)
+    layers = sorted(set(layers))
+    return [layers[i : i + per_pass] for i in range(0, len(layers), per_pass)]
+
+
+def _sample_positions(mask: torch.Tensor, keep: int, seed: int) -> torch.Tensor:
+    """`keep` distinct real-token positions (flat indices), seeded, sorted."""
+    real = mask.reshape(-1).nonzero().squeeze(1)
+    g = torch.Generator().manual_seed(seed)
+    chosen = real[torch.randperm(real.numel(), generator=g)[: min(keep, real.numel())]]
+    return chosen.sort().values
+
+
+def _run_pass(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, stat_mask: torch.Tensor, *,
+              residual: bool,
+              ffn_layers: list[int], positions: torch.Tensor, consumers: Sequence[Callable],
+              batch_size: int, device: torch.device, desc: str) -> dict:
+    """One pass over all windows; returns the accumulators it filled."""
+    adapter = loaded.adapter
+    L, d, d_ff = adapter.dims.L, adapter.dims.d, adapter.dims.d_ff
+    keep_states = residual or bool(consumers)
+    res = [StreamingCovariance(d, device) for _ in range(L + 2)] if residual else []
+    pre = {i: StreamingCovariance(d_ff, device) for i in ffn_layers}
+    post = {i: StreamingCovariance(d_ff, device) for i in ffn_layers}
+    samples = torch.zeros(L + 2, positions.numel(), d) if residual and positions.numel() else None
+    seq_len = ids.shape[1]
+    states: dict[int, torch.Tensor] = {}
+    rows_mask: list[torch.Tensor] = []  # current batch's flat real-token mask, on device
+    last_block = L - 1 if keep_states else max(ffn_layers)
+
+    def real_rows(x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (n_real, D)
+        return x.reshape(-1, x.shape[-1])[rows_mask[0]]
+
+    def on_block(i):
+        def hook(module, args, output):
+            if keep_states:
+                states[i + 1] = _tensor(output)
+            if i == last_block:
+                raise _StopForward
+        return hook
+
+    def _batch(start: int) -> None:
+        b_ids = ids[start : start + batch_size].to(device)
+        b_mask = mask[start : start + batch_size].to(device)  # what the model attends to
+        b_stat = stat_mask[start : start + batch_size].to(device)  # what enters the statistics
+        rows_mask[:] = [b_stat.reshape(-1)]
+        states.clear()
+        try:
+            adapter.base(input_ids=b_ids, attention_mask=b_mask.long(), use_cache=False)
+        except _StopForward:
+            pass
+        if not keep_states:
+            return
+        # The final norm applied by hand to the last block output: the same module call the
+        # model makes (verified against HF hidden_states[-1] and the model's logits in tests).
+        states[L + 1] = adapter.apply_final_norm(states[L])
+        batch_states = [states[j] for j in range(L + 2)]  # each (B, S, d)
+        if residual:
+            lo, hi = start * seq_len, (start + b_ids.shape[0]) * seq_len
+            slot = ((positions >= lo) & (positions < hi)).nonzero().squeeze(1)  # rows of `samples`
+            here = (positions[slot] - lo).to(device)  # flat positions inside this batch
+            for j, x in enumerate(batch_states):
+                res[j].update(real_rows(x))
+                if samples is not None and slot.numel():
+                    samples[j, slot] = x.reshape(-1, d)[here].float().cpu()
+        batch = BatchActivations(input_ids=b_ids, mask=b_stat, residual=batch_states, offset=start)
+        for consume in consumers:
+            consume(batch)
+
+    handles = []
+    try:
+        if keep_states:
+            handles.append(adapter.block(0).register_forward_pre_hook(
+                lambda m, args, kwargs: states.__setitem__(0, args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True))
+        for i in range(last_block + 1):
+            handles.append(adapter.block(i).register_forward_hook(on_block(i)))
+        for i in ffn_layers:
+            handles.append(adapter.ffn_pre_module(i).register_forward_hook(
+                lambda m, args, out, i=i: pre[i].update(real_rows(out))))
+            handles.append(adapter.ffn_post_module(i).register_forward_pre_hook(
+                lambda m, args, i=i: post[i].update(real_rows(args[0]))))
+        for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, leave=False):
+            with torch.inference_mode():
+                _batch(start)
+    finally:
+        for h in handles:
+            h.remove()
+    return {"residual": res, "pre": pre, "post": post, "samples": samples}
+
+
+def collect_activations(loaded: LoadedModel, tokens: TokenSample, *, residual: bool = True,
+                        ffn_layers: Sequence[int] = (), keep_samples: int = 0, batch_size: int = 8,
+                        seed: int = 0, cache: bool = True, device: str | torch.device | None = None,
+                        attention_mask: torch.Tensor | None = None, consumers: Sequence[Callable] = (),
+                        ffn_memory_bytes: int = 2 << 30, skip_first: int = 0) -> ActivationStats:
+    """Stream the model over `tokens.input_ids` (n, S) and accumulate the statistics of the module doc.
+
+    residual: accumulate the L + 2 residual-state covariances (and `keep_samples` samples of each).
+    ffn_layers: blocks whose FFN pre/post-activation covariances are accumulated.
+    keep_samples: token positions kept per residual state (same positions for every state), seeded.
+    attention_mask: optional (n, S) 0/1; masked positions enter no statistic.
+    consumers: callables on each `BatchActivations` of the first pass (see module doc).
+    ffn_memory_bytes: budget for FFN accumulators per pass (2 D_ff^2 8 bytes per layer).
+    skip_first: the first `skip_first` positions of every window run through the model but enter
+        no statistic (nor the consumers' masks): many LMs turn the first position of any window
+        into an attention sink with massive activations (Xiao et al. 2023; Sun et al. 2024,
+        "Massive activations in LLMs"), a few tokens that would otherwise dominate every
+        covariance spectrum and CKA value.
+    """
+    ids = tokens.input_ids
+    mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(mask.shape)} != input_ids shape {tuple(ids.shape)}")
+    stat_mask = mask.clone()
+    stat_mask[:, :skip_first] = False
+    if not stat_mask.any():
+        raise ValueError(f"skip_first={skip_first} leaves no token of windows of length {ids.shape[1]}")
+    for i in ffn_layers:
+        loaded.adapter.check_layer(i)
+    if device is None:
+        device = next(loaded.model.parameters()).device
+    device = torch.device(device)
+    key = cache_key(loaded, tokens, attention_mask, residual=residual, ffn_layers=ffn_layers,
+                    keep_samples=keep_samples, seed=seed, skip_first=skip_first)
+    stats = _load_cached(key) if cache else None
+    if stats is not None and not consumers:
+        return stats
+    positions = _sample_positions(stat_mask, keep_samples, seed)
+    groups = [] if stats is not None else _ffn_groups(ffn_layers, loaded.adapter.dims.d_ff, ffn_memory_bytes)
+    want_residual = residual and stats is None
+    if not groups and (want_residual or consumers):
+        groups = [[]]
+    acc = {"residual": [], "pre": {}, "post": {}, "samples": None}
+    for k, group in enumerate(groups):
+        first = k == 0
+        out = _run_pass(loaded, ids, mask, stat_mask, residual=want_residual and first, ffn_layers=group,
+                        positions=positions, consumers=consumers if first else (),
+                        batch_size=batch_size, device=device,
+                        desc=f"activations pass {k + 1}/{len(groups)}")
+        if first:
+            acc["residual"], acc["samples"] = out["residual"], out["samples"]
+        acc["pre"].update(out["pre"])
+        acc["post"].update(out["post"])
+    if stats is not None:
+        return stats
+    stats = ActivationStats(
+        residual=acc["residual"], ffn_pre=acc["pre"], ffn_post=acc["post"], samples=acc["samples"],
+        sample_positions=positions, n_tokens=int(stat_mask.sum()),
+        key=json.loads(json.dumps(key, sort_keys=True, default=str)),
+    )
+    if cache:
+        _save_cached(stats)
+    return stats

@@ -1,0 +1,240 @@
+"""Representation geometry across depth (notebook 04): CKA, logit lens, drift, activation spectra.
+
+Layer index convention (from `utils.activations`): 0 = embeddings, i = after block i (before the
+final norm), L + 1 = final-normed last state.
+
+CKA (Kornblith et al. 2019, "Similarity of neural network representations revisited"): for
+centred X (n, d1), Y (n, d2) the linear CKA is
+    CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),
+computed in feature space. It is biased upwards when n is not much larger than the widths.
+The debiased estimator replaces each HSIC by the unbiased U-statistic of Song et al. (2012)
+(used for CKA by Nguyen, Raghu & Kornblith 2021), with K~, L~ the Gram matrices with zeroed
+diagonals:
+    HSIC_u = [tr(K~ L~) + (1^T K~ 1)(1^T L~ 1) / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3)).
+For centred linear features, with r_x = row norms ||x_i||^2 (so K~ 1 = -r_x):
+    tr(K~ L~) = ||Y^T X||_F^2 - r_x . r_y,   1^T K~ 1 = -sum r_x,   1^T K~ L~ 1 = r_x . r_y,
+which gives the same estimator in feature space, O(n d1 d2) instead of O(n^2).
+
+Logit lens (nostalgebraist 2020): each residual state through the final norm and the unembedding,
+logits_j = logits(final_norm(h_j)); the final layer uses the final-normed state the LM head reads,
+so its logits are the model's own.
+"""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+import pandas as pd
+import torch
+
+from .activations import ActivationStats, BatchActivations
+from .spectra import components_for_variance, effective_rank, participation_ratio
+
+
+# --- CKA --------------------------------------------------------------------------------------
+
+def _centred(X: torch.Tensor) -> torch.Tensor:
+    X = torch.as_tensor(X).to(torch.float64)
+    return X - X.mean(0, keepdim=True)
+
+
+def _hsic_terms(cross: torch.Tensor, r_x: torch.Tensor, r_y: torch.Tensor, n: int, debiased: bool) -> torch.Tensor:
+    """HSIC numerators from cross = ||Y^T X||_F^2 and row norms r (see module doc); biased: cross."""
+    if not debiased:
+        return cross
+    rr = r_x @ r_y.T if r_x.ndim == 2 else (r_x * r_y).sum()
+    sx, sy = r_x.sum(-1), r_y.sum(-1)
+    s = torch.outer(sx, sy) if r_x.ndim == 2 else sx * sy
+    return (cross - rr + s / ((n - 1) * (n - 2)) - 2.0 * rr / (n - 2)) / (n * (n - 3))
+
+
+def linear_cka(X, Y, debiased: bool = False) -> float:
+    """Linear CKA of X (n, d1) and Y (n, d2), rows = the same n examples; see module doc."""
+    X, Y = _centred(X), _centred(Y)
+    n = X.shape[0]
+    if Y.shape[0] != n:
+        raise ValueError(f"X and Y need the same number of rows, got {n} and {Y.shape[0]}")
+    if debiased and n < 4:
+        raise ValueError("the debiased estimator needs n >= 4")
+    rx, ry = (X * X).sum(1), (Y * Y).sum(1)
+    xy = _hsic_terms((Y.T @ X).square().sum(), rx, ry, n, debiased)
+    xx = _hsic_terms((X.T @ X).square().sum(), rx, rx, n, debiased)
+    yy = _hsic_terms((Y.T @ Y).square().sum(), ry, ry, n, debiased)
+    denom = math.sqrt(max(float(xx), 0.0) * max(float(yy), 0.0))
+    return float(xy) / denom if denom > 0 else float("nan")
+
+
+def cka_matrix(samples: torch.Tensor, debiased: bool = False) -> np.ndarray:
+    """CKA between all pairs of layers: samples (k, n, d), the same n tokens in every layer.
+
+    One centring per layer, then the cross terms ||X_j^T X_i||_F^2 for j >= i from one
+    (d, n) @ (n, (k - i) d) float32 matmul per layer i (float64 sums); returns a symmetric
+    (k, k) float64 array.
+    """
+    X = torch.as_tensor(samples).float()
+    X = X - X.mean(1, keepdim=True)  # (k, n, d)
+    k, n, d = X.shape
+    if debiased and n < 4:
+        raise ValueError("the debiased estimator needs n >= 4")
+    wide = X.permute(1, 0, 2).reshape(n, k * d)  # (n, k d): layer j in columns j d .. (j + 1) d
+    cross = torch.zeros(k, k, dtype=torch.float64)
+    for i in range(k):
+        prod = (X[i].T @ wide[:, i * d :]).double().reshape(d, k - i, d)  # X_i^T X_j, j >= i
+        cross[i, i:] = prod.square().sum((0, 2))
+        cross[i:, i] = cross[i, i:].clone()
+    r = X.square().sum(2, dtype=torch.float64)  # (k, n) row norms
+    hsic = _hsic_terms(cross, r, r, n, debiased)
+    diag = hsic.diagonal().clamp_min(0.0)
+    return (hsic / torch.sqrt(torch.outer(diag, diag))).numpy()
+
+
+def cka_sample_warning(n: int, width: int, debiased: bool) -> str | None:
+    """Biased CKA between unrelated representations is about width/n, not 0, when n is not >> width."""
+    if not debiased and n < 10 * width:
+        return (f"only {n} tokens for width {width}: biased linear CKA is inflated "
+                f"(unrelated representations score ~{min(1.0, width / n):.2f}); prefer the debiased estimator "
+                f"or more tokens (>= {10 * width}).")
+    return None
+
+
+def cka_blocks(cka: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Maximal runs [a, b] of consecutive layers whose adjacent CKA (a..b) all stay >= threshold."""
+    adjacent = np.diagonal(cka, offset=1)
+    blocks, start = [], 0
+    for i, value in enumerate(adjacent):
+        if value < threshold:
+            blocks.append((start, i))
+            start = i + 1
+    blocks.append((start, cka.shape[0] - 1))
+    return blocks
+
+
+# --- streaming consumers ------------------------------------------------------------------------
+
+class LogitLens:
+    """Consumer of `collect_activations`: logit-lens statistics of every residual state 0..L.
+
+    Metrics per layer over the chosen positions (each with a next token in its window):
+    entropy H(p_j), top-1 probability, rank of the correct next token (1 = top), agreement of
+    argmax p_j with the model's argmax p_L, KL(p_L || p_j), cross-entropy -log p_j(next token).
+    Logits are computed `chunk` tokens at a time with chunk = max(1, max_logit_elements // V),
+    so at most a few chunk x V float32 arrays exist at once.
+    """
+
+    def __init__(self, adapter, tokens_shape: tuple[int, int], n_positions: int = 0, seed: int = 0,
+                 mask: torch.Tensor | None = None, max_logit_elements: int = 1 << 23):
+        if not adapter.is_causal_lm:
+            raise ValueError(f"{adapter.name} models have no LM head: the logit lens does not apply")
+        self.adapter = adapter
+        n_seq, seq_len = tokens_shape
+        self.seq_len = seq_len
+        valid = torch.zeros(n_seq, seq_len, dtype=torch.bool)
+        valid[:, :-1] = True  # a next token exists in the window
+        if mask is not None:
+            valid &= mask.bool() & torch.roll(mask.bool(), -1, dims=1)
+        flat = valid.reshape(-1).nonzero().squeeze(1)
+        if n_positions:
+            g = torch.Generator().manual_seed(seed)
+            flat = flat[torch.randperm(flat.numel(), generator=g)[:n_positions]].sort().values
+        self.positions = flat  # flat indices into (n_seq * seq_len)
+        self.chunk = max(1, max_logit_elements // adapter.dims.V)
+        n_layers = adapter.dims.L + 1
+        self.sums = torch.zeros(5, n_layers, dtype=torch.float64)  # entropy, top1, agree, kl, ce
+        self.ranks: list[torch.Tensor] = []  # (n_layers, chunk) per chunk
+        self.count = 0
+
+    def _logits(self, h: torch.Tensor, normed: bool) -> torch.Tensor:
+        return self.adapter.logits(h if normed else self.adapter.apply_final_norm(h)).float()
+
+    def __call__(self, batch: BatchActivations) -> None:
+        B, S = batch.input_ids.shape
+        lo = batch.offset * S
+        pos = self.positions[(self.positions >= lo) & (self.positions < lo + B * S)] - lo
+        pos = pos.to(batch.input_ids.device)
+        targets = batch.input_ids.reshape(-1)[pos + 1]  # next token, same window (pos % S < S - 1)
+        L, d = self.adapter.dims.L, batch.residual[0].shape[-1]
+        for rows, tgt in zip(pos.split(self.chunk), targets.split(self.chunk)):
+            final = self._logits(batch.residual[L + 1].reshape(-1, d)[rows], True)  # (c, V)
+            p_f = final.softmax(-1)
+            top_f = final.argmax(-1)
+            neg_entropy_f = torch.linalg.vecdot(p_f, final) - torch.logsumexp(final, -1)  # sum p_f log p_f
+            ranks = torch.empty(L + 1, rows.numel(), dtype=torch.long)
+            for j in range(L + 1):
+                # With lse = log sum exp z: H = lse - sum p z, top-1 = exp(max z - lse),
+                # KL(p_f || p) = sum p_f log p_f - sum p_f z + lse, CE = lse - z_target.
+                z = final if j == L else self._logits(batch.residual[j].reshape(-1, d)[rows], False)
+                lse = torch.logsumexp(z, -1)
+                z_max, top = z.max(-1)
+                z_t = z.gather(1, tgt[:, None])  # (c, 1)
+                self.sums[0, j] += float((lse - torch.linalg.vecdot(z.softmax(-1), z)).sum())
+                self.sums[1, j] += float(torch.exp(z_max - lse).sum())
+                self.sums[2, j] += float((top == top_f).sum())
+                self.sums[3, j] += float((neg_entropy_f - torch.linalg.vecdot(p_f, z) + lse).clamp_min(0).sum())
+                self.sums[4, j] += float((lse - z_t[:, 0]).sum())
+                ranks[j] = ((z > z_t).sum(-1) + 1).cpu()
+            self.ranks.append(ranks)
+            self.count += rows.numel()
+
+    def result(self) -> pd.DataFrame:
+        """One row per layer 0..L: layer, entropy, top1_prob, median_rank, agreement, kl_to_final, cross_entropy."""
+        if self.count == 0:
+            raise ValueError("the logit lens saw no positions")
+        means = (self.sums / self.count).numpy()
+        ranks = torch.cat(self.ranks, dim=1).numpy()  # (L + 1, n_tokens)
+        return pd.DataFrame({
+            "layer": np.arange(means.shape[1]),
+            "entropy": means[0], "top1_prob": means[1],
+            "median_rank": np.median(ranks, axis=1),
+            "agreement": means[2], "kl_to_final": means[3], "cross_entropy": means[4],
+            "n_tokens": self.count,
+        })
+
+
+class Drift:
+    """Consumer: mean over real tokens of cos(h_{j-1}, h_j) and ||h_j - h_{j-1}||_2 for j = 1..L + 1
+    (j = L + 1 is the final-norm step; it is identical to state L, and omitted, without a final norm)."""
+
+    def __init__(self, has_final_norm: bool):
+        self.has_final_norm = has_final_norm
+        self.sums: torch.Tensor | None = None  # (2, steps) float64
+        self.count = 0
+
+    def __call__(self, batch: BatchActivations) -> None:
+        keep = batch.mask.reshape(-1)
+        states = batch.residual if self.has_final_norm else batch.residual[:-1]
+        flat = [h.reshape(-1, h.shape[-1])[keep].double() for h in states]
+        rows = []
+        for a, b in zip(flat[:-1], flat[1:]):
+            rows.append([torch.nn.functional.cosine_similarity(a, b, dim=-1).sum(), (b - a).norm(dim=-1).sum()])
+        sums = torch.tensor([[float(c) for c, _ in rows], [float(d) for _, d in rows]], dtype=torch.float64)
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.count += int(keep.sum())
+
+    def result(self) -> pd.DataFrame:
+        """layer j = 1..L: block j's change; j = L + 1 (step 'final_norm'): the final norm's change."""
+        means = (self.sums / self.count).numpy()
+        n_blocks = means.shape[1] - int(self.has_final_norm)
+        return pd.DataFrame({
+            "layer": np.arange(1, means.shape[1] + 1),
+            "step": [f"block {j}" for j in range(1, n_blocks + 1)] + (["final_norm"] if self.has_final_norm else []),
+            "cosine": means[0], "l2": means[1],
+        })
+
+
+# --- activation spectra -------------------------------------------------------------------------
+
+def spectrum_metrics(eigenvalues) -> dict:
+    """Effective rank exp(H(lambda / sum lambda)) on covariance eigenvalues, participation ratio
+    (sum lambda)^2 / sum lambda^2, and the number of components holding 90% of the variance."""
+    return {
+        "eff_rank": effective_rank(eigenvalues),
+        "participation_ratio": participation_ratio(eigenvalues),
+        "n90": components_for_variance(eigenvalues, 0.9),
+    }
+
+
+def activation_spectra(stats: ActivationStats) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Per residual state 0..L: metrics of its covariance eigenvalues, and the eigenvalues themselves."""
+    eigs = [acc.eigenvalues().numpy() for acc in stats.residual[:-1]]
+    rows = [{"layer": j, **spectrum_metrics(e)} for j, e in enumerate(eigs)]
+    return pd.DataFrame(rows), eigs

@@ -46,7 +46,7 @@ def test_notebook_04(run_notebook, params):
     lens = pd.read_csv(out / "logit_lens.csv")
     assert list(lens.columns[:7]) == ["layer", "entropy", "top1_prob", "median_rank", "agreement", "kl_to_final",
                                       "cross_entropy"]
-    assert list(lens.layer) == list(range(L + 1)) and (lens.n_tokens == 6 * 23).all()
+    assert list(lens.layer) == list(range(L + 1)) and (lens.n_tokens == 6 * (24 - 1 - 1)).all()  # a next token, and not the skipped first position
     assert lens.agreement.iloc[-1] == 1.0 and lens.kl_to_final.iloc[-1] == pytest.approx(0.0, abs=1e-6)
     assert ((lens.top1_prob > 0) & (lens.top1_prob <= 1)).all()
     assert ((lens.median_rank >= 1) & (lens.median_rank <= 256)).all()

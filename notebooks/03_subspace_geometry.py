@@ -30,7 +30,10 @@ from utils import Report, load_model, output_dir, save_npy, write_csv
 from utils.kernels import kernel_table
 from utils.plotting import heatmap, save_figure, subplots
 from utils.report import fmt
-from utils.subspaces import SIDES, chance_similarity, ffn_alignment, layer_subspaces, similarity_matrix
+from utils.subspaces import (
+    SIDES, chance_similarity, choose_reference_layer, ffn_alignment, index_trend, layer_subspaces,
+    overlap_statistics, similarity_matrix,
+)
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
@@ -76,24 +79,9 @@ save_npy(head_mean["query"], out / "subspace_similarity_query.npy")
 save_npy(similarity["query"][head], out / f"subspace_similarity_query_head{head}.npy")
 
 
-def overlap_stats(S: np.ndarray) -> dict:
-    """The seed's block-structure diagnostics of one L x L similarity matrix."""
-    i, j = np.indices(S.shape)
-    off, adjacent, distant = S[i != j], np.diag(S, 1), S[np.abs(i - j) > distant_gap]
-    nan = float("nan")
-    return {
-        "off-diagonal mean": off.mean() if off.size else nan, "off-diagonal std": off.std() if off.size else nan,
-        "off-diagonal min": off.min() if off.size else nan, "off-diagonal max": off.max() if off.size else nan,
-        "adjacent mean": adjacent.mean() if adjacent.size else nan, "adjacent std": adjacent.std() if adjacent.size else nan,
-        f"distant (> {distant_gap} apart) mean": distant.mean() if distant.size else nan,
-        f"distant (> {distant_gap} apart) std": distant.std() if distant.size else nan,
-        "adjacent - distant": (adjacent.mean() - distant.mean()) if adjacent.size and distant.size else nan,
-    }
-
-
 matrices = {f"head {head}, key": similarity["key"][head], "head mean, key": head_mean["key"],
             f"head {head}, query": similarity["query"][head], "head mean, query": head_mean["query"]}
-overlap = pd.DataFrame({name: overlap_stats(S) for name, S in matrices.items()})
+overlap = pd.DataFrame({name: overlap_statistics(S, distant_gap) for name, S in matrices.items()})
 distances = sorted({dist for dist in (1, 2, 3, 5, 10, 15, 20, L // 2) if 1 <= dist < L})
 by_distance = pd.DataFrame({"distance": distances, "pairs": [L - dist for dist in distances]})
 for name, S in matrices.items():
@@ -136,39 +124,17 @@ boundaries
 kernels = kernel_table(adapter, progress=False)
 kernel_eff_rank = kernels.groupby("layer").eff_rank.mean().to_numpy()  # (L,)
 activations_csv = out.parent / "04_representations" / "activation_spectra.csv"
-reference_rule = None
-candidates = np.arange(3, L - 3) if L >= 7 else np.arange(L)  # blocks with >= 3 layers on each side
-span = f"layers {candidates[0]}-{candidates[-1]}"
 if str(reference_layer) == "auto":
-    if activations_csv.exists():
-        acts = pd.read_csv(activations_csv)
-        rows = acts[acts.layer >= 1] if {"layer", "eff_rank"} <= set(acts.columns) else acts.iloc[:0]
-        if sorted(rows.layer) == list(range(1, L + 1)):
-            rows = rows[(rows.layer - 1).isin(candidates)]
-            ref = int(rows.loc[rows.eff_rank.idxmin(), "layer"]) - 1
-            reference_rule = (f"lowest activation effective rank among {span} in notebook 04's "
-                              f"`{activations_csv.name}` (row layer {ref + 1} = after block {ref}; {rows.eff_rank.min():.1f})")
-        else:
-            print(f"{activations_csv} does not list layers 1..{L}; falling back to kernel effective rank")
-    if reference_rule is None:
-        ref = int(candidates[np.argmin(kernel_eff_rank[candidates])])
-        reference_rule = f"lowest mean kernel effective rank over heads among {span} ({kernel_eff_rank[ref]:.2f})"
-        if not activations_csv.exists():
-            reference_rule += f"; notebook 04's activation spectra were not available at `{activations_csv}`"
+    acts = pd.read_csv(activations_csv) if activations_csv.exists() else None
+    ref, reference_rule = choose_reference_layer(kernel_eff_rank, acts)
+    if acts is None:
+        reference_rule += f"; notebook 04's activation spectra were not available at `{activations_csv}`"
 else:
     ref = int(reference_layer)
     if not 0 <= ref < L:
         raise ValueError(f"parameter reference_layer={reference_layer!r} is out of range: {loaded.params.name} has "
                          f"layers 0..{L - 1} (or \"auto\")")
     reference_rule = "set by the `reference_layer` parameter"
-
-
-def trend(values: np.ndarray) -> float:
-    """Pearson r of values against their index (nan for fewer than 3 points or a constant series)."""
-    if values.size < 3 or np.ptp(values) == 0:
-        return float("nan")
-    return float(np.corrcoef(np.arange(values.size), values)[0, 1])
-
 
 to_ref = pd.DataFrame({"layer": np.arange(L), f"head {head}": similarity["key"][head][ref],
                        "head mean": similarity["key"][:, ref].mean(axis=0), "head std": similarity["key"][:, ref].std(axis=0),
@@ -180,7 +146,7 @@ for col in (f"head {head}", "head mean", "head mean, query"):
     before, after = values[:ref], values[ref + 1:]
     convergence[col] = {"mean before": before.mean() if before.size else float("nan"),
                         "mean after": after.mean() if after.size else float("nan"),
-                        "pre-reference trend r": trend(before), "post-reference trend r": trend(after)}
+                        "pre-reference trend r": index_trend(before), "post-reference trend r": index_trend(after)}
 convergence = pd.DataFrame(convergence)
 print(f"reference layer {ref}: {reference_rule}")
 fig, axes = subplots(1, 1, width=8, height=3.8)

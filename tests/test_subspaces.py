@@ -146,3 +146,34 @@ def test_attn_subspace_validation(tiny_llama):
         get_attn_subspace(tiny_llama, tiny_llama.dims.L, 0, k=2)
     # accepts the HF model as well as the adapter
     torch.testing.assert_close(get_attn_subspace(tiny_llama.model, 0, 1, k=2), get_attn_subspace(tiny_llama, 0, 1, k=2))
+
+
+def test_overlap_statistics_closed_form():
+    from utils.subspaces import overlap_statistics
+
+    L = 6
+    i, j = np.indices((L, L))
+    S = np.exp(-np.abs(i - j))  # similarity decays with layer distance
+    stats = overlap_statistics(S, distant_gap=2)
+    assert stats["adjacent mean"] == pytest.approx(np.exp(-1))
+    assert stats["distant (> 2 apart) mean"] == pytest.approx(np.mean(np.exp(-np.abs(i - j)[np.abs(i - j) > 2])))
+    assert stats["off-diagonal max"] == pytest.approx(np.exp(-1))
+    assert stats["adjacent - distant"] > 0
+
+
+def test_index_trend_and_reference_choice():
+    import pandas as pd
+
+    from utils.subspaces import choose_reference_layer, index_trend, reference_candidates
+
+    assert index_trend([1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.0)
+    assert np.isnan(index_trend([1.0, 1.0, 1.0])) and np.isnan(index_trend([1.0, 2.0]))
+    assert reference_candidates(10).tolist() == [3, 4, 5, 6] and reference_candidates(4).tolist() == [0, 1, 2, 3]
+    kernel = np.array([1.0, 9, 9, 9, 5, 9, 9, 9, 9, 9])  # layer 0 is lowest but has no layers before it
+    ref, rule = choose_reference_layer(kernel)
+    assert ref == 4 and "kernel effective rank" in rule
+    acts = pd.DataFrame({"layer": range(11), "eff_rank": [50, 40, 40, 40, 40, 40, 40, 3, 40, 40, 40]})
+    ref, rule = choose_reference_layer(kernel, acts)
+    assert ref == 6 and "activation effective rank" in rule  # row 7 = after block 6
+    ref, rule = choose_reference_layer(kernel, acts.iloc[:5])  # does not cover every block: fall back
+    assert ref == 4

@@ -16,6 +16,7 @@ formed.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .adapters import FFNWeights, ModelAdapter, get_adapter
@@ -97,3 +98,65 @@ def ffn_input_weights(ffn: FFNWeights) -> dict[str, torch.Tensor]:
 def ffn_alignment(ffn: FFNWeights, subspaces: torch.Tensor) -> dict[str, torch.Tensor]:
     """Energy of each FFN input matrix inside each head's subspace (h, k, d) -> {name: (h,)}."""
     return {name: energy_in_subspace(W, subspaces) for name, W in ffn_input_weights(ffn).items()}
+
+
+# --- layer x layer summaries of notebook 03 (seed `2.py`) -------------------------------------
+
+def overlap_statistics(S, distant_gap: int) -> dict[str, float]:
+    """The seed's block-structure diagnostics of one L x L similarity matrix S: off-diagonal
+    mean/std/min/max, adjacent (|i - j| = 1) and distant (|i - j| > distant_gap) mean and std, and
+    the adjacent - distant gap (NaN where a set is empty)."""
+    S = np.asarray(S, dtype=float)
+    i, j = np.indices(S.shape)
+    off, adjacent, distant = S[i != j], np.diag(S, 1), S[np.abs(i - j) > distant_gap]
+
+    def stat(values, fn):
+        return float(fn(values)) if values.size else float("nan")
+
+    return {
+        "off-diagonal mean": stat(off, np.mean), "off-diagonal std": stat(off, np.std),
+        "off-diagonal min": stat(off, np.min), "off-diagonal max": stat(off, np.max),
+        "adjacent mean": stat(adjacent, np.mean), "adjacent std": stat(adjacent, np.std),
+        f"distant (> {distant_gap} apart) mean": stat(distant, np.mean),
+        f"distant (> {distant_gap} apart) std": stat(distant, np.std),
+        "adjacent - distant": stat(adjacent, np.mean) - stat(distant, np.mean),
+    }
+
+
+def index_trend(values) -> float:
+    """Pearson r of a series against its index (the seed's convergence trend); NaN for fewer than
+    3 points or a constant series."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 3 or np.ptp(values) == 0:
+        return float("nan")
+    return float(np.corrcoef(np.arange(values.size), values)[0, 1])
+
+
+def reference_candidates(n_layers: int, margin: int = 3):
+    """Layers with at least `margin` layers on each side (all layers when the model is too shallow),
+    so that convergence towards the reference can be tested from both directions."""
+    return np.arange(margin, n_layers - margin) if n_layers >= 2 * margin + 1 else np.arange(n_layers)
+
+
+def choose_reference_layer(kernel_eff_rank, activation_spectra=None, margin: int = 3) -> tuple[int, str]:
+    """The bottleneck reference layer of notebook 03 and the rule that chose it.
+
+    kernel_eff_rank: (L,) mean kernel effective rank per block. activation_spectra: notebook 04's
+    `activation_spectra.csv` as a DataFrame (row `layer` i = residual stream after block i - 1,
+    row 0 = embeddings) or None. Among `reference_candidates`, the block with the lowest activation
+    effective rank when that table covers every block, else the lowest kernel effective rank.
+    """
+    kernel_eff_rank = np.asarray(kernel_eff_rank, dtype=float)
+    L = kernel_eff_rank.size
+    candidates = reference_candidates(L, margin)
+    span = f"layers {candidates[0]}-{candidates[-1]}"
+    if activation_spectra is not None and {"layer", "eff_rank"} <= set(activation_spectra.columns):
+        rows = activation_spectra[activation_spectra.layer >= 1]
+        if sorted(rows.layer) == list(range(1, L + 1)):
+            rows = rows[(rows.layer - 1).isin(candidates)]
+            best = rows.loc[rows.eff_rank.idxmin()]
+            ref = int(best.layer) - 1
+            return ref, (f"lowest activation effective rank among {span} in notebook 04's activation spectra "
+                         f"(row layer {ref + 1} = after block {ref}; {best.eff_rank:.1f})")
+    ref = int(candidates[np.argmin(kernel_eff_rank[candidates])])
+    return ref, f"lowest mean kernel effective rank over heads among {span} ({kernel_eff_rank[ref]:.2f})"

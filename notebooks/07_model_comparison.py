@@ -34,7 +34,7 @@ model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a par
 output_root: str = "output"  # outputs go to <output_root>/<model>/07_model_comparison/
 compare_with: list = ["gemma3-270m", "minilm-l6"]  # other params names or paths; models not available offline are skipped
 recompute: bool = False  # recompute weight spectra even where notebook 01's CSV exists
-depth_bins: int = 10  # relative-depth bins of the profiles
+depth_bins: int = 10  # relative-depth bins of the profiles (at most the shallowest model's layer count)
 heavy_tail_alpha: float = 2.0  # alpha below this counts as very heavy-tailed
 
 # %%
@@ -83,7 +83,8 @@ summary
 # %%
 panels = [("rel_eff_rank", "effective rank / max rank"), ("stable_rank", "stable rank"),
           ("alpha", "power-law alpha"), ("mp_signal_ratio", "fraction above MP edge")]
-profiles = {value: depth_profile(comparison, value, depth_bins) for value, _ in panels}
+bins = max(1, min(depth_bins, int(summary.layers.min())))  # no empty bins for the shallowest model
+profiles = {value: depth_profile(comparison, value, bins) for value, _ in panels}
 fig, axes = subplots(2, 2, width=6.0, height=3.6)
 for ax, (value, label) in zip(axes.flat, panels):
     for name in profiles[value].columns:
@@ -190,7 +191,7 @@ if skipped:
 report.heading("Findings").bullets(findings)
 report.heading("Weight metrics by relative depth")
 report.paragraph("Relative depth = layer / (L - 1); each point is the mean over a model's block matrices in one of "
-                 f"{depth_bins} depth bins. Effective rank is divided by each matrix's maximum rank min(rows, cols).")
+                 f"{bins} depth bins. Effective rank is divided by each matrix's maximum rank min(rows, cols).")
 report.figure(out / "weight_depth_profiles.png", "Relative effective rank, stable rank, alpha and MP signal ratio by relative depth")
 report.table(by_type.reset_index())
 report.figure(out / "eff_rank_by_weight_type.png", "Relative effective rank per weight type")

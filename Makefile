@@ -57,10 +57,11 @@ $(call report,$(1),$(2)): notebooks/$(2).ipynb params/$(1).yaml $(UTILS) $(STAMP
 endef
 $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(m),$(nb)))))
 
-# 03 cross-references 01's weight ranks and 04's activation ranks when they exist.
-$(foreach m,$(MODELS),$(eval $(call report,$(m),03_subspace_geometry): \
-	$(filter $(call report,$(m),01_weight_spectra) $(call report,$(m),04_representations), \
-	$(foreach nb,$(NOTEBOOKS),$(call report,$(m),$(nb))))))
+# Notebooks that read other notebooks' outputs of the same model (when those notebooks exist).
+READS_03_subspace_geometry := 01_weight_spectra 04_representations
+READS_07_model_comparison := 01_weight_spectra 04_representations 05_ffn_eigenspectrum
+$(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call report,$(m),$(nb)): \
+	$(foreach dep,$(filter $(NOTEBOOKS),$(READS_$(nb))),$(call report,$(m),$(dep))))))
 
 run: $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
 

@@ -10,7 +10,7 @@
   and eigvalsh.
 Each variant runs in its own child process; peak memory is ru_maxrss inside the child (whole
 process, model and its loading included); because loading can peak higher than the analysis,
-the peak of the analysis alone is also read (VmHWM after resetting it with /proc/self/clear_refs
+the peak of the analysis alone is also read (after every weight was paged in) (VmHWM after resetting it with /proc/self/clear_refs
 once the model is loaded) and shown with its increase over the RSS after loading. Time excludes
 loading the model. Prints a markdown table, the ratios and the largest metric difference.
 """
@@ -66,6 +66,9 @@ def child(variant: str, model: str, tokens: int, seq_len: int, batch_size: int, 
     adapter, L, d_ff = loaded.adapter, loaded.dims.L, loaded.dims.d_ff
     import gc
 
+    with torch.inference_mode():  # page in every weight (cached weights may be memory-mapped, resident on first use)
+        for param in loaded.model.parameters():
+            param.sum()
     gc.collect()
     base_rss = status_mib("VmRSS")  # after loading: model and libraries resident
     load_peak = rss_mib()  # loading itself may peak higher (e.g. GGUF dequantisation)

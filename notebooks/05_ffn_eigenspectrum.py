@@ -44,8 +44,10 @@ seq_len: int = 128  # tokens per window
 seed: int = 0  # window choice
 batch_size: int = 8  # windows per forward pass
 spectra_layers: list = []  # layers whose spectra are plotted (negative counts from the end); empty list: first, middle, last
-ffn_memory_mb: int = 512  # budget for the float64 FFN accumulators held at once (2 D_ff^2 8 bytes per layer)
+ffn_memory_mb: int = 2048  # budget for the float64 FFN accumulators held at once (2 D_ff^2 8 bytes per layer)
 majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
+rank_rtol: float = 1e-10  # numerical rank counts eigenvalues above this fraction of the largest
+dominant_share: float = 0.5  # a spectrum is dominated by one direction when its top eigenvalue holds more than this share
 cache: bool = False  # cache the accumulators (utils.models.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
 
 # %%
@@ -59,6 +61,8 @@ for name, value, low in [("n_sequences", n_sequences, 1), ("seq_len", seq_len, 2
         raise ValueError(f"parameter {name} must be >= {low}, got {value}")
 if not 0.0 <= majority < 1.0:
     raise ValueError(f"parameter majority must be in [0, 1), got {majority}")
+if not 0.0 < rank_rtol < 1.0 or not 0.0 < dominant_share < 1.0:
+    raise ValueError(f"parameters rank_rtol and dominant_share must be in (0, 1), got {rank_rtol}, {dominant_share}")
 if not spectra_layers:
     spectra_layers = sorted({0, L // 2, L - 1})
 for i in spectra_layers:
@@ -98,7 +102,10 @@ with tqdm(total=L, desc="FFN spectra") as bar:
         for i in group:
             eig_pre[i] = stats.ffn_pre.pop(i).eigenvalues().cpu().numpy()
             eig_post[i] = stats.ffn_post.pop(i).eigenvalues().cpu().numpy()
-            rows.append({"layer": i, **nerve_metrics(eig_pre[i], eig_post[i])})
+            rows.append({"layer": i, **nerve_metrics(eig_pre[i], eig_post[i]),
+                         "top1_pre": eig_pre[i, 0] / eig_pre[i].sum(), "top1_post": eig_post[i, 0] / eig_post[i].sum(),
+                         "rank_pre": int((eig_pre[i] > rank_rtol * eig_pre[i, 0]).sum()),
+                         "rank_post": int((eig_post[i] > rank_rtol * eig_post[i, 0]).sum())})
             bar.update()
         del stats
         if torch.cuda.is_available():
@@ -111,7 +118,7 @@ df["eee_down"] = df.eee_post < df.eee_pre
 df["holds"] = df.se_up & df.pr_up & df.eee_down
 df["n_tokens"], df["d_ff"] = n_tokens, d_ff
 df = df[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain",
-         "se_up", "pr_up", "eee_down", "holds", "n_tokens", "d_ff"]]
+         "se_up", "pr_up", "eee_down", "holds", "top1_pre", "top1_post", "rank_pre", "rank_post", "n_tokens", "d_ff"]]
 write_csv(df, out / "ffn_spectra.csv", float_format="%.10g")
 save_npy(eig_pre, out / "eigenvalues_pre.npy")
 save_npy(eig_post, out / "eigenvalues_post.npy")
@@ -211,6 +218,24 @@ findings = [
     f"The largest spectral shift (JS) is at layer {int(js_max.layer)} ({js_max.js:.4f} of at most ln 2 = "
     f"{math.log(2):.4f}); median JS over layers {df.js.median():.4f}.",
 ]
+dominated = df.layer[df.top1_post > dominant_share].tolist()
+if dominated:
+    overlap = sorted(set(dominated) & set(failing))
+    findings.append(
+        f"In {len(dominated)} layer(s) ({', '.join(map(str, dominated))}) one direction holds more than "
+        f"{dominant_share:.0%} of the post-activation variance (up to {df.top1_post.max():.1%}, layer "
+        f"{int(df.layer[df.top1_post.idxmax()])}); {len(overlap)} of them are among the layers where a trend fails. "
+        f"A single dominant post-activation direction (e.g. a few outlier tokens with very large activations) "
+        f"collapses SE and PR there, whatever happens to the rest of the spectrum.")
+else:
+    findings.append(f"No post-activation spectrum is dominated by one direction (largest top-eigenvalue share "
+                    f"{df.top1_post.max():.1%}).")
+findings.append(
+    f"The pre-activation is a linear map of the d = {d} dimensional FFN input, so its covariance has rank <= "
+    f"min(d, D_ff) = {min(d, d_ff)} (numerical rank measured: at most {int(df.rank_pre.max())}), capping SE_pre at "
+    f"ln {min(d, d_ff)} = {math.log(min(d, d_ff)):.3f} and PR_pre at {min(d, d_ff)}; the post-activation reaches "
+    f"numerical rank {int(df.rank_post.min())}-{int(df.rank_post.max())} of {max_rank}. Part of any SE/PR rise is the "
+    f"nonlinearity lifting this linear rank cap, as in NerVE's setting.")
 if rank_deficient:
     findings.append(f"Caution: {n_tokens} tokens < D_ff + 1, so every covariance has rank <= {n_tokens - 1}; "
                     f"SE and PR are capped and the comparison is biased toward the cap.")
@@ -230,7 +255,7 @@ report.heading("Data").paragraph(
     f"exact maximum (D-1)/2.")
 report.heading("Findings").bullets(findings)
 report.heading("Per layer").table(df[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post",
-                                      "js", "pr_gain", "holds"]], digits=4)
+                                      "js", "pr_gain", "top1_post", "rank_pre", "rank_post", "holds"]], digits=4)
 report.figure(out / "metrics_by_depth.png", "SE, PR, EEE pre vs post, and PR gain, by layer")
 report.figure(out / "js_profile.png", "JS divergence between pre and post spectra by layer")
 report.figure(out / "spectra_selected_layers.png",

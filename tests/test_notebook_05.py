@@ -19,7 +19,7 @@ from .conftest import tiny_model_ids, tiny_models
 MODELS = [(m, i) for m, i in zip(tiny_models, tiny_model_ids) if i != "tiny-qwen2"]
 PARAMETERS = dict(n_sequences=8, seq_len=64, batch_size=4, cache=False)
 COLUMNS = ["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain", "se_up",
-           "pr_up", "eee_down", "holds", "n_tokens", "d_ff"]
+           "pr_up", "eee_down", "holds", "top1_pre", "top1_post", "rank_pre", "rank_post", "n_tokens", "d_ff"]
 # Module names of the FFN pre-activation output (gate if gated) and of the module whose input is the
 # post-activation, per model type; written out here, independently of utils.adapters.
 FFN_MODULES = {
@@ -93,6 +93,12 @@ def test_notebook_05(run_notebook, params):
     eig_pre, eig_post = np.load(out / "eigenvalues_pre.npy"), np.load(out / "eigenvalues_post.npy")
     assert eig_pre.shape == eig_post.shape == (L, d_ff)
     assert (np.diff(eig_pre, axis=1) <= 0).all() and (eig_post >= 0).all()
+    np.testing.assert_allclose(df.top1_pre, eig_pre[:, 0] / eig_pre.sum(1), rtol=1e-8)
+    np.testing.assert_allclose(df.top1_post, eig_post[:, 0] / eig_post.sum(1), rtol=1e-8)
+    assert ((df.top1_post >= 1 / d_ff) & (df.top1_post <= 1)).all()
+    # the pre-activation is linear in the d-dimensional input: rank <= d (< d_ff for every tiny model)
+    d = loaded.dims.d
+    assert (df.rank_pre <= d).all() and (df.rank_post <= min(d_ff, n_tokens - 1)).all()
 
     # Independent recomputation of the last layer: own hooks on the model's modules, same tokens.
     layer = L - 1

@@ -198,3 +198,14 @@ def test_components_for_variance_and_slope():
     assert components_for_variance(np.r_[10.0, np.ones(9) * 1e-6], 0.9) == 1
     k = np.arange(1, 201)
     assert power_law_slope(k**-1.5, 10, 150) == pytest.approx(-1.5)
+
+
+def test_nerve_metrics_bundle():
+    from utils.spectra import nerve_metrics
+
+    pre = np.r_[10.0, np.ones(9) * 0.1]
+    post = np.ones(10)
+    m = nerve_metrics(pre, post)
+    assert m["se_post"] == pytest.approx(math.log(10)) and m["pr_post"] == pytest.approx(10)
+    assert m["eee_post"] == pytest.approx(0.0, abs=1e-12) and m["se_pre"] < m["se_post"]
+    assert m["js"] == pytest.approx(js_divergence(pre, post))

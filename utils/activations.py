@@ -18,9 +18,11 @@ forward hooks placed through the adapter, accumulates in float64 (`StreamingCova
 
 Memory. Residual accumulators cost (L + 2) d^2 8 bytes. FFN accumulators cost 2 D_ff^2 8 bytes
 per layer (SmolLM2: 38 MB per layer, 1.1 GB for all 30). The requested FFN layers are split into
-groups whose accumulators fit `ffn_memory_bytes`, one forward pass per group (one layer per pass
-at worst, so the peak is O(D_ff^2) whatever L); passes after the first only run the model up to
-the last block they need. Residual statistics and per-batch consumers use the first pass only.
+groups whose accumulators fit `ffn_memory_bytes`, one forward pass per group; passes after the
+first only run the model up to the last block they need. The budget bounds what one pass
+accumulates; the returned statistics hold every requested layer, so a caller that must keep the
+total at O(D_ff^2) asks for one group at a time and reduces each to eigenvalues before the next
+(as notebook 05 does). Residual statistics and per-batch consumers use the first pass only.
 
 Consumers. `consumers` are callables `f(batch: BatchActivations)` called after every batch of
 the first pass with all residual states of that batch, so that further statistics (logit lens,

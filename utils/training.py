@@ -40,15 +40,7 @@ from utils.adapters import get_adapter
 from utils.corpus import DEFAULT_CORPUS, load_corpus
 from utils.covariance import StreamingCovariance
 from utils.nanogpt import NanoGPTConfig, NanoGPTForCausalLM, byte_tokenizer
-from utils.spectra import (
-    early_eigenvalue_enrichment,
-    effective_rank,
-    js_divergence,
-    participation_ratio,
-    power_law_slope,
-    spectral_entropy,
-)
-from .spectra import nerve_metrics  # moved to utils.spectra; re-exported here
+from utils.spectra import effective_rank, nerve_metrics, power_law_slope
 
 __all__ = [
     "NanoGPTConfig", "NanoGPTForCausalLM", "byte_tokenizer", "TokenData", "TrainConfig", "TrainResult",

@@ -42,6 +42,7 @@ corpus: str = "stdlib-docs"  # "stdlib-docs" (offline), "file:<path or glob>", o
 n_sequences: int = 64  # token windows; 64 x 128 gives 8192 tokens, at least 4 per FFN dimension up to D_ff 2048
 seq_len: int = 128  # tokens per window
 seed: int = 0  # window choice
+skip_first: int = 1  # first positions of every window left out of the statistics (attention sinks with massive activations)
 batch_size: int = 8  # windows per forward pass
 spectra_layers: list = []  # layers whose spectra are plotted (negative counts from the end); empty list: first, middle, last
 ffn_memory_mb: int = 2048  # budget for the float64 FFN accumulators held at once (2 D_ff^2 8 bytes per layer)
@@ -72,7 +73,9 @@ for i in spectra_layers:
         raise ValueError(f"parameter spectra_layers: {err}") from None
 spectra_layers = sorted({i % L for i in spectra_layers})
 tokens = sample_tokens(loaded.tokenizer, corpus, n_sequences, seq_len, seed)
-n_tokens = tokens.n_tokens
+if not 0 <= skip_first < seq_len:
+    raise ValueError(f"parameter skip_first={skip_first} must be in [0, seq_len)")
+n_tokens = n_sequences * (seq_len - skip_first)  # tokens entering the statistics
 max_rank = min(d_ff, n_tokens - 1)  # rank of a covariance of n_tokens rows
 rank_deficient = n_tokens - 1 < d_ff
 if rank_deficient:
@@ -98,7 +101,7 @@ rows, eig_pre, eig_post = [], np.zeros((L, d_ff)), np.zeros((L, d_ff))
 with tqdm(total=L, desc="FFN spectra") as bar:
     for group in groups:
         stats = collect_activations(loaded, tokens, residual=False, ffn_layers=group, batch_size=batch_size,
-                                    ffn_memory_bytes=ffn_memory_mb << 20, cache=cache)
+                                    ffn_memory_bytes=ffn_memory_mb << 20, cache=cache, skip_first=skip_first)
         for i in group:
             eig_pre[i] = stats.ffn_pre.pop(i).eigenvalues().cpu().numpy()
             eig_post[i] = stats.ffn_post.pop(i).eigenvalues().cpu().numpy()
@@ -247,7 +250,8 @@ report = Report(f"05 · FFN eigenspectrum — {loaded.params.name}")
 report.heading("Model").table(loaded.describe())
 report.quantization_note(loaded.params)
 report.heading("Data").paragraph(
-    f"Corpus `{corpus}`: {n_sequences} windows x {seq_len} tokens = {n_tokens} tokens (seed {seed}), "
+    f"Corpus `{corpus}`: {n_sequences} windows x {seq_len} tokens, the first {skip_first} position(s) of each "
+    f"left out of the statistics (attention sinks) = {n_tokens} tokens (seed {seed}), "
     f"{n_tokens / d_ff:.1f} tokens per FFN dimension (D_ff = {d_ff}). Pre-activation: "
     f"{'gate projection output (gated FFN)' if adapter.ffn(0).w_gate is not None else 'input projection output'}; "
     f"post-activation: input of the output projection. Covariances accumulated in float64 over all tokens, "

@@ -17,7 +17,7 @@ from .conftest import tiny_model_ids, tiny_models
 # Every family except qwen2, whose FFN (SwiGLU, gate_proj/up_proj/down_proj) is llama's: each run
 # takes 20-50 s on the loaded 2-core machine, mostly kernel start-up.
 MODELS = [(m, i) for m, i in zip(tiny_models, tiny_model_ids) if i != "tiny-qwen2"]
-PARAMETERS = dict(n_sequences=8, seq_len=64, batch_size=4, cache=False)
+PARAMETERS = dict(n_sequences=8, seq_len=64, batch_size=4, cache=False, skip_first=1)
 COLUMNS = ["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain", "se_up",
            "pr_up", "eee_down", "holds", "top1_pre", "top1_post", "rank_pre", "rank_post", "n_tokens", "d_ff"]
 # Module names of the FFN pre-activation output (gate if gated) and of the module whose input is the
@@ -70,7 +70,7 @@ def reference_metrics(pre: torch.Tensor, post: torch.Tensor) -> dict:
 def test_notebook_05(run_notebook, params):
     out = run_notebook("05_ffn_eigenspectrum", params, **PARAMETERS)
     p = load_params(params)
-    n_tokens = PARAMETERS["n_sequences"] * PARAMETERS["seq_len"]
+    n_tokens = PARAMETERS["n_sequences"] * (PARAMETERS["seq_len"] - PARAMETERS["skip_first"])
 
     df = pd.read_csv(out / "ffn_spectra.csv")
     assert list(df.columns) == COLUMNS
@@ -105,10 +105,11 @@ def test_notebook_05(run_notebook, params):
     pre_name, post_name = FFN_MODULES[p.source["model_type"]]
     tokens = sample_tokens(loaded.tokenizer, "stdlib-docs", PARAMETERS["n_sequences"], PARAMETERS["seq_len"], 0)
     pre_rows, post_rows = [], []
+    skip = PARAMETERS["skip_first"]  # the first position of every window enters no statistic
     h1 = find_module(loaded.model, pre_name.format(i=layer)).register_forward_hook(
-        lambda m, args, output: pre_rows.append(output.detach().reshape(-1, output.shape[-1])))
+        lambda m, args, output: pre_rows.append(output.detach()[:, skip:].reshape(-1, output.shape[-1])))
     h2 = find_module(loaded.model, post_name.format(i=layer)).register_forward_pre_hook(
-        lambda m, args: post_rows.append(args[0].detach().reshape(-1, args[0].shape[-1])))
+        lambda m, args: post_rows.append(args[0].detach()[:, skip:].reshape(-1, args[0].shape[-1])))
     try:
         with torch.no_grad():
             for start in range(0, tokens.input_ids.shape[0], PARAMETERS["batch_size"]):

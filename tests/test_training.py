@@ -123,6 +123,14 @@ def test_save_pretrained_round_trip(tmp_path, act, norm, pos):
     assert len(out_b.hidden_states) == model.config.num_hidden_layers + 1
     tok2 = AutoTokenizer.from_pretrained(tmp_path)
     assert tok2.decode(tok2(TEXT, add_special_tokens=False)["input_ids"]) == TEXT
+    # A params file pointing at the checkpoint loads it like any other model (notebooks 01-05).
+    from utils.models import load_model
+
+    params = tmp_path / "checkpoint.yaml"
+    params.write_text(f"source: {{kind: local, path: '{tmp_path}'}}\n")
+    analysed = load_model(str(params))
+    assert analysed.adapter.family.name == "spectra_nanogpt"
+    assert analysed.adapter.ffn(0).gated == (act == "swiglu")
 
 
 def test_byte_tokenizer_is_bytes():

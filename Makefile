@@ -63,9 +63,14 @@ READS_07_model_comparison := 01_weight_spectra 04_representations 05_ffn_eigensp
 $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call report,$(m),$(nb)): \
 	$(foreach dep,$(filter $(NOTEBOOKS),$(READS_$(nb))),$(call report,$(m),$(dep))))))
 
+# Notebooks that do not analyse the params model (06 trains its own small models): `all` runs
+# them once, for MODEL, rather than once per params file.
+MODEL_INDEPENDENT := 06_training_dynamics
+PER_MODEL := $(filter-out $(MODEL_INDEPENDENT),$(NOTEBOOKS))
+
 run: $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
 
-all: $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(call report,$(m),$(nb))))
+all: run $(foreach m,$(MODELS),$(foreach nb,$(PER_MODEL),$(call report,$(m),$(nb))))
 
 ## Tests, benchmarks, lab -----------------------------------------------------------------------
 test: $(STAMP)

@@ -45,3 +45,6 @@ from .subspaces import (
 )
 from .activations import ActivationStats, BatchActivations, collect_activations
 from .representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, linear_cka
+from .training import SpectralCallback, SpectralTrainerCallback, TokenData, TrainConfig, byte_tokenizer, train
+from .weights import weight_spectra
+from .comparison import weight_comparison

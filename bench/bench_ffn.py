@@ -1,6 +1,6 @@
 """NerVE metrics of every FFN: streaming (the activation engine) vs holding all activations.
 
-    .venv/bin/python bench/bench_ffn.py [--model smollm2-135m] [--tokens 8192] [--memory-mb 512]
+    .venv/bin/python bench/bench_ffn.py [--model smollm2-135m] [--tokens 8192] [--memory-mb 2048]
 
 - streaming: notebook 05's loop. `collect_activations(..., residual=False, cache=False)` over
   groups of layers whose float64 accumulators (2 D_ff^2 8 bytes per layer) fit `--memory-mb`;
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--memory-mb", type=int, default=512, help="streaming accumulator budget; 0: one pass")
+    parser.add_argument("--memory-mb", type=int, default=2048, help="streaming accumulator budget (notebook 05 default); 0: one pass")
     parser.add_argument("--variants", default="streaming,naive")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

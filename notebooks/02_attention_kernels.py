@@ -216,8 +216,7 @@ for line in findings:
 
 # %%
 report = Report(f"02 · Attention kernels — {loaded.params.name}")
-report.heading("Model").table(loaded.describe())
-report.quantization_note(loaded.params)
+report.model_section(loaded)
 report.heading("Findings").bullets(findings)
 report.heading("What the kernel is, and what it leaves out")
 report.bullets([

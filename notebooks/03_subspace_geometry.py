@@ -291,8 +291,7 @@ for line in findings:
 
 # %%
 report = Report(f"03 · Subspace geometry — {loaded.params.name}")
-report.heading("Model").table({**loaded.describe(), "subspace rank k": K, "chance k/d": chance, "head": head})
-report.quantization_note(loaded.params)
+report.model_section(loaded, **{"subspace rank k": K, "chance k/d": chance, "head": head})
 report.heading("Findings").bullets(findings)
 report.heading("Definitions and caveats")
 report.bullets([

@@ -247,8 +247,7 @@ for line in findings:
 
 # %%
 report = Report(f"05 · FFN eigenspectrum — {loaded.params.name}")
-report.heading("Model").table(loaded.describe())
-report.quantization_note(loaded.params)
+report.model_section(loaded)
 report.heading("Data").paragraph(
     f"Corpus `{corpus}`: {n_sequences} windows x {seq_len} tokens, the first {skip_first} position(s) of each "
     f"left out of the statistics (attention sinks) = {n_tokens} tokens (seed {seed}), "

@@ -14,6 +14,18 @@ tiny_model_ids = [p.stem for p in TINY_PARAMS]
 tiny_causal_models = [str(p) for p in TINY_PARAMS if p.stem != "tiny-bert"]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests run two workers on two cores: one torch thread each avoids MKL's oversubscription
+    slowdown (~100x for small LAPACK calls), also when pytest is run without `make test`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def notebook_output_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebook-output")

@@ -29,14 +29,6 @@ def random_attention(h=6, n_kv=2, d_head=8, d=40, seed=0) -> AttentionWeights:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Dense d x d LAPACK calls slow down ~100x when two threads share an oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 REAL_HEADS = (0, 4, 8)  # one query head on each of SmolLM2's 3 KV heads (dense d x d checks are slow)
 

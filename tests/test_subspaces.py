@@ -28,14 +28,6 @@ def random_subspace(k: int, d: int, g: torch.Generator) -> torch.Tensor:
     return torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64)).Q.T  # (k, d)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small LAPACK calls slow down ~100x when two threads share an oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_llama():

@@ -116,6 +116,12 @@ class Report:
         self.lines += [f"![{caption}]({shown})", "", f"*{caption}*", ""]
         return self
 
+    def model_section(self, loaded, **extra) -> "Report":
+        """The opening every notebook report shares: the model's configuration table (plus the
+        notebook's own settings in `extra`) and the quantization note where it applies."""
+        self.heading("Model").table({**loaded.describe(), **extra})
+        return self.quantization_note(loaded.params)
+
     def quantization_note(self, params: Params) -> "Report":
         if params.quantized:
             self.paragraph(

@@ -29,6 +29,7 @@
 
 # %%
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,7 @@ batch_sizes: list = [8, 16, 32]  # sweep (b), GELU; every run sees steps * batch
 forecast_fraction: float = 0.2  # sweep (b): the 'early' spectrum is the first record after this fraction of the token budget
 extra_sweeps: dict = {}  # further NerVE sweeps on the GELU base run, field -> values, e.g. {"norm_placement": ["preln", "postln", "none"]}
 save_checkpoints: bool = True  # save every run in HF format under checkpoints/<run>/
+checkpoint_every: int = 20  # the base run (GELU, batch_size) also saves checkpoints/<run>/checkpoint-<step>/ (Trainer layout) at step 0 and every this many steps, a multiple of log_every (notebook 08 reads them); 0: none
 
 # %%
 out = output_dir(model, "06_training_dynamics", output_root)
@@ -78,6 +80,9 @@ for name, value, allowed in (("norm_placement", norm_placement, ("preln", "postl
                              ("position_embedding", position_embedding, ("learned", "rope", "none"))):
     if value not in allowed:
         raise ValueError(f"parameter {name}={value!r}: choose one of {allowed}")
+if checkpoint_every < 0 or (checkpoint_every and checkpoint_every % log_every):
+    raise ValueError(f"checkpoint_every={checkpoint_every} must be 0 or a multiple of log_every={log_every} "
+                     "(each checkpoint's trainer_state.json then holds its eval loss)")
 if steps < 2 * log_every:
     raise ValueError(f"steps={steps} must be at least 2 * log_every={2 * log_every}")
 if any((steps * batch_size) % b for b in batch_sizes):
@@ -94,6 +99,8 @@ print(f"{len(data.train_ids):,} training and {len(data.eval_ids):,} held-out tok
 # %%
 runs: dict[str, dict] = {}  # run name -> {"config", "records", "spectra", "eval_loss"}
 trained: dict[str, str] = {}  # json of the run's full description -> run name (identical runs are trained once)
+base_key = json.dumps(run_config_dict(NanoGPTConfig(**base), TrainConfig(steps=steps, batch_size=batch_size,
+                                                                         seq_len=seq_len, lr=lr, seed=seed)), sort_keys=True)
 
 
 def run(name: str, bs: int = batch_size, **overrides) -> str:
@@ -105,7 +112,12 @@ def run(name: str, bs: int = batch_size, **overrides) -> str:
         return trained[key]
     callback = SpectralCallback(eval_ids, every=log_every * batch_size // bs, grad_samples=grad_samples,
                                 tail_window=tuple(tail_window))
-    result = train(model_config, data, train_config, callback=callback, desc=name)
+    is_base = key == base_key and checkpoint_every > 0
+    if is_base:  # a fresh series: no checkpoint of an earlier run with other settings stays beside it
+        for stale in (out / "checkpoints" / name).glob("checkpoint-*"):
+            shutil.rmtree(stale)
+    result = train(model_config, data, train_config, callback=callback, desc=name,
+                   checkpoint_every=checkpoint_every if is_base else 0, checkpoint_dir=out / "checkpoints" / name)
     if save_checkpoints:
         result.model.save_pretrained(out / "checkpoints" / name)
         byte_tokenizer().save_pretrained(out / "checkpoints" / name)

@@ -188,7 +188,10 @@ class NanoGPTModel(nn.Module):
         self.ln_f = make_norm(config) if config.norm_placement == "preln" else nn.Identity()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+                output_hidden_states: bool = False,
+                use_cache: bool | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """use_cache is accepted for the HF base-model call convention (the activation engine
+        passes it); NanoGPT keeps no KV cache."""
         B, S = input_ids.shape
         x = self.wte(input_ids)  # (B, S, d)
         if hasattr(self, "wpe"):

@@ -27,14 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 
 from utils.adapters import get_adapter
 from utils.corpus import DEFAULT_CORPUS, load_corpus
@@ -45,7 +49,7 @@ from utils.spectra import effective_rank, nerve_metrics, power_law_slope
 __all__ = [
     "NanoGPTConfig", "NanoGPTForCausalLM", "byte_tokenizer", "TokenData", "TrainConfig", "TrainResult",
     "train", "ffn_covariances", "nerve_metrics", "per_sample_grads", "SpectralCallback",
-    "SpectralTrainerCallback", "run_config_dict",
+    "SpectralTrainerCallback", "run_config_dict", "save_trainer_checkpoint",
 ]
 
 
@@ -290,14 +294,49 @@ class TrainResult:
     records: list[dict] = field(default_factory=list)  # the callback's records
 
 
+def save_trainer_checkpoint(model: nn.Module, directory: str | Path, step: int, max_steps: int,
+                            log_history: list[dict], tokenizer=None, save_steps: int = 0) -> Path:
+    """Write `directory` in `transformers.Trainer`'s checkpoint layout (weights and state only):
+    model.safetensors + config.json (save_pretrained), the tokenizer files, and
+    trainer_state.json (`TrainerState.save_to_json`) holding `global_step` = step and the
+    `log_history` (dicts with "step" and "loss" or "eval_loss", Trainer's keys). Written to a
+    temporary directory and renamed, so a checkpoint directory is complete or absent."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        state = TrainerState(global_step=step, max_steps=max_steps, save_steps=save_steps,
+                             log_history=[dict(h) for h in log_history])
+        state.save_to_json(str(tmp / "trainer_state.json"))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
 def train(model_config: NanoGPTConfig, data: TokenData, config: TrainConfig | None = None,
-          callback: SpectralCallback | None = None, progress: bool = True, desc: str = "train") -> TrainResult:
+          callback: SpectralCallback | None = None, progress: bool = True, desc: str = "train",
+          checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train a fresh NanoGPTForCausalLM; deterministic for a fixed `config.seed`.
 
     The seed fixes the initial weights (torch.manual_seed before construction) and the data
     order (a separate torch.Generator for the windows). With a callback, it is called after
     every optimizer step with the 1-based step count and once at step 0, before training.
+
+    checkpoint_every > 0: save `checkpoint_dir/checkpoint-<step>/` (Trainer layout, see
+    `save_trainer_checkpoint`, with the byte tokenizer) at step 0 (the initialisation) and every
+    `checkpoint_every` steps. Its log history holds, per callback record, the mean training loss
+    since the previous record ("loss") and the record's "eval_loss"; without a callback, the
+    mean training loss at each checkpoint.
     """
+    if checkpoint_every and checkpoint_dir is None:
+        raise ValueError("checkpoint_every > 0 needs a checkpoint_dir")
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
@@ -310,8 +349,23 @@ def train(model_config: NanoGPTConfig, data: TokenData, config: TrainConfig | No
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
     result = TrainResult(model=model)
     tokens_per_step = config.batch_size * config.seq_len
-    if callback is not None:
-        callback(model, 0, train_loss=None, tokens=0)
+    log_history: list[dict] = []
+    logged = 0  # train losses already averaged into the log history
+
+    def log(step: int, record: dict | None) -> None:
+        nonlocal logged
+        if step > logged and (record is not None or callback is None):
+            window = result.train_losses[logged:step]
+            log_history.append({"loss": float(np.mean(window)), "learning_rate": config.lr_at(step - 1), "step": step})
+            logged = step
+        if record is not None:
+            log_history.append({"eval_loss": float(record["eval_loss"]), "step": step})
+        if checkpoint_every and step % checkpoint_every == 0:
+            save_trainer_checkpoint(model, Path(checkpoint_dir) / f"checkpoint-{step}", step, config.steps,
+                                    log_history, tokenizer=byte_tokenizer(), save_steps=checkpoint_every)
+
+    if callback is not None or checkpoint_every:
+        log(0, callback(model, 0, train_loss=None, tokens=0) if callback is not None else None)
     model.train()
     bar = tqdm(range(config.steps), desc=desc, disable=not progress)
     for step in bar:
@@ -324,10 +378,13 @@ def train(model_config: NanoGPTConfig, data: TokenData, config: TrainConfig | No
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         result.train_losses.append(loss.item())
+        record = None
         if callback is not None:
             record = callback(model, step + 1, train_loss=result.train_losses[-1], tokens=(step + 1) * tokens_per_step)
             if record is not None:
                 bar.set_postfix(eval_loss=f"{record['eval_loss']:.3f}")
+        if record is not None or (checkpoint_every and (step + 1) % checkpoint_every == 0):
+            log(step + 1, record)
     model.eval()
     if callback is not None:
         result.records = list(callback.records)

@@ -60,12 +60,14 @@ $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(m)
 # Notebooks that read other notebooks' outputs of the same model (when those notebooks exist).
 READS_03_subspace_geometry := 01_weight_spectra 04_representations
 READS_07_model_comparison := 01_weight_spectra 04_representations 05_ffn_eigenspectrum
+# 08's default series is the checkpoints 06 saves of its base run (output/<model>/06_training_dynamics/checkpoints/).
+READS_08_checkpoint_dynamics := 06_training_dynamics
 $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call report,$(m),$(nb)): \
 	$(foreach dep,$(filter $(NOTEBOOKS),$(READS_$(nb))),$(call report,$(m),$(dep))))))
 
-# Notebooks that do not analyse the params model (06 trains its own small models): `all` runs
-# them once, for MODEL, rather than once per params file.
-MODEL_INDEPENDENT := 06_training_dynamics
+# Notebooks that do not analyse the params model (06 trains its own small models; 08 by default
+# reads 06's checkpoints): `all` runs them once, for MODEL, rather than once per params file.
+MODEL_INDEPENDENT := 06_training_dynamics 08_checkpoint_dynamics
 PER_MODEL := $(filter-out $(MODEL_INDEPENDENT),$(NOTEBOOKS))
 
 run: $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))

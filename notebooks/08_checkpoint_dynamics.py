@@ -58,7 +58,7 @@ batch_size: int = 8  # windows per forward pass
 tail_window: list = [8, 64]  # rank window [start, stop) of the activation-spectrum power-law tail slope (Spectral Lens)
 ffn_memory_mb: int = 2048  # budget for the FFN accumulators of one pass; above it the engine splits the FFN layers into more passes
 cache: bool = True  # keep each checkpoint's measurements (cache_dir()/checkpoint_series): a rerun measures only new checkpoints
-rho_min: float = 0.5  # a layer follows a trend when |Spearman(step, metric)| >= this (sign as claimed)
+rho_min: float = 0.5  # a layer follows a trend when its Spearman correlation with the step, signed as claimed, is at least this
 majority: float = 0.5  # a claim HOLDS when more than this fraction of layers follows it
 settle_fraction: float = 0.34  # JS settles: its range over this last fraction of the step span ...
 settle_tolerance: float = 0.25  # ... is at most this fraction of its range over the whole series

@@ -64,6 +64,7 @@ settle_fraction: float = 0.34  # JS settles: its range over this last fraction o
 settle_tolerance: float = 0.25  # ... is at most this fraction of its range over the whole series
 forecast_lag: int = 2  # forecast: spectrum at checkpoint i against eval loss at checkpoint i + forecast_lag
 early_fraction: float = 0.5  # forecast: 'early' checkpoints lie in this first fraction of the step span
+from_step: int = 1  # verdicts use the checkpoints at or after this step (1: all but a step-0 random initialisation; 0: all); figures show all
 
 # %%
 params = load_params(model)
@@ -166,18 +167,25 @@ save_figure(fig, out / "curves.png")
 # with the eval loss `forecast_lag` checkpoints later, beside the loss's own persistence.
 
 # %%
+tested = np.asarray(steps) >= from_step  # (checkpoints,) the checkpoints the verdicts rest on
+if tested.sum() < 2:
+    raise ValueError(f"parameter from_step={from_step} leaves {int(tested.sum())} checkpoint(s) of steps {steps}")
+v_steps = [s for s, t in zip(steps, tested) if t]
+
+
 def matrix(metric: str) -> np.ndarray:
-    return layer_step_matrix(trajectory, metric)[0]
+    return layer_step_matrix(trajectory, metric)[0][:, tested]
 
 
 claims = {
-    "SE_post rises": trend_verdict(matrix("nerve.se_post"), steps, +1, rho_min, majority),
-    "PR_post rises": trend_verdict(matrix("nerve.pr_post"), steps, +1, rho_min, majority),
-    "EEE_post falls": trend_verdict(matrix("nerve.eee_post"), steps, -1, rho_min, majority),
-    "JS settles": settle_verdict(matrix("nerve.js"), steps, settle_fraction, settle_tolerance, majority),
+    "SE_post rises": trend_verdict(matrix("nerve.se_post"), v_steps, +1, rho_min, majority),
+    "PR_post rises": trend_verdict(matrix("nerve.pr_post"), v_steps, +1, rho_min, majority),
+    "EEE_post falls": trend_verdict(matrix("nerve.eee_post"), v_steps, -1, rho_min, majority),
+    "JS settles": settle_verdict(matrix("nerve.js"), v_steps, settle_fraction, settle_tolerance, majority),
 }
-loss = ck_table.eval_loss.to_numpy()
-forecasts = {m: forecast_verdict(layer_mean(m, final_state), loss, steps, forecast_lag, early_fraction, rho_min)
+loss = ck_table.eval_loss.to_numpy()[tested]
+forecasts = {m: forecast_verdict(layer_mean(m, final_state)[tested], loss, v_steps, forecast_lag, early_fraction,
+                                 rho_min)
              for m in ("act.tail_slope", "act.eff_rank")}
 verdict_rows = [{"claim": c, "verdict": v["verdict"], "layers following": f"{v['layers_following']}/{v['layers']}",
                  "checkpoints": v["checkpoints"],
@@ -194,19 +202,29 @@ write_csv(verdicts, out / "verdicts.csv")
 
 findings = [
     f"Series: {series.description}; {n_ck} checkpoints at steps {steps[0]}-{steps[-1]} ({', '.join(map(str, steps))}); "
-    f"{has_loss} carry an eval loss.",
+    f"{has_loss} carry an eval loss; the verdicts rest on the {len(v_steps)} at steps >= {from_step}.",
 ]
 for claim, v in claims.items():
     if "rho_layer_mean" in v:
         findings.append(
-            f"NerVE: {claim} — {v['verdict']} on {v['checkpoints']} checkpoints: {v['layers_following']} of {v['layers']} "
-            f"FFN layers follow (|Spearman| >= {rho_min}); the layer mean goes {v['first']:.4g} -> {v['last']:.4g} "
+            f"NerVE: {claim} — {v['verdict']} on {v['checkpoints']} checkpoints (steps {v_steps[0]}-{v_steps[-1]}): "
+            f"{v['layers_following']} of {v['layers']} FFN layers follow (Spearman with step at least {rho_min} in the "
+            f"claimed direction and net change first -> last in that direction; the net change alone agrees in "
+            f"{v['layers_net_as_claimed']}); the layer mean goes {v['first']:.4g} -> {v['last']:.4g} "
             f"(Spearman with step {v['rho_layer_mean']:+.2f}).")
     else:
         findings.append(
             f"NerVE: {claim} — {v['verdict']} on {v['checkpoints']} checkpoints ({v['late_checkpoints']} in the last "
             f"{settle_fraction:.0%} of the steps): in {v['layers_following']} of {v['layers']} layers JS moves over that "
             f"late span by at most {settle_tolerance:.0%} of its whole range (median ratio {v['late_range_ratio_median']:.2f}).")
+left_out = [s for s, t in zip(steps, tested) if not t]
+if left_out:
+    first_in = steps.index(v_steps[0])
+    moves = ", ".join(f"{m.split('.')[1]} {layer_mean(m)[0]:.4g} -> {layer_mean(m)[first_in]:.4g}"
+                      for m in ("nerve.se_post", "nerve.pr_post", "nerve.eee_post", "nerve.js"))
+    findings.append(f"Left out of the verdicts (from_step = {from_step}): step(s) {left_out}. From step {steps[0]} to step "
+                    f"{v_steps[0]} the layer means move: {moves}; the verdicts with them included follow from "
+                    "trajectory.csv (set from_step = 0).")
 for m, f in forecasts.items():
     if f["verdict"] == "NOT TESTABLE":
         findings.append(f"Spectral Lens forecast with {m}: NOT TESTABLE — {f['pairs']} (early checkpoint, later loss) "

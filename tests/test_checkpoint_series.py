@@ -155,6 +155,11 @@ def test_trend_and_settle_verdicts_closed_forms():
     np.testing.assert_allclose(v["rho_by_layer"], [1.0, 0.8857142857, -1.0])
     assert trend_verdict(rising, steps, -1)["verdict"] == "HOLDS PARTLY"
     assert trend_verdict(rising[:, :2], steps[:2], +1)["verdict"] == "TOO FEW CHECKPOINTS"
+    # a dip then a partial recovery ranks upward (rho = 1 - 6 * 38 / (8 * 63)) but ends lower: not a rise
+    dip = np.array([[5.0, 1, 2, 3, 6, 7, 8, 4.9]])
+    v = trend_verdict(dip, list(range(8)), +1)
+    assert v["rho_by_layer"][0] == pytest.approx(1 - 6 * 38 / (8 * 63)) and v["layers_following"] == 0
+    assert v["layers_net_as_claimed"] == 0 and v["verdict"] == "DOES NOT HOLD"
     # settles: a curve that levelled off; drifts: a straight line (late range / whole range ~ late fraction)
     js = np.array([[0.0, 0.5, 0.8, 0.9, 0.9, 0.9], [0, 1, 2, 3, 4, 5.0]])
     s = settle_verdict(js, steps, late_fraction=0.34, tolerance=0.25)

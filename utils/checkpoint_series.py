@@ -383,17 +383,20 @@ def trend_verdict(matrix: np.ndarray, steps: Sequence[int], direction: int, rho_
     """Does a metric rise (direction +1) or fall (-1) over training, layer by layer?
 
     matrix (layers, checkpoints). A layer follows the trend when the Spearman correlation of its
-    values with the step, times `direction`, is at least `rho_min`. Verdict HOLDS when more than
-    `majority` of the layers follow, HOLDS PARTLY when some do, else DOES NOT HOLD.
+    values with the step, times `direction`, is at least `rho_min` and its net change from the
+    first to the last checkpoint has the claimed sign (a dip followed by a partial recovery is a
+    rise in rank order but not a rise). Verdict HOLDS when more than `majority` of the layers
+    follow, HOLDS PARTLY when some do, else DOES NOT HOLD.
     """
     n = len(steps)
     rho = np.array([_spearman(steps, row) for row in matrix])
-    held = int(np.sum(direction * np.nan_to_num(rho, nan=0.0) >= rho_min))
+    net = direction * (matrix[:, -1] - matrix[:, 0])  # (layers,)
+    held = int(np.sum((direction * np.nan_to_num(rho, nan=0.0) >= rho_min) & (net > 0)))
     mean = np.nanmean(matrix, axis=0)
     verdict = "TOO FEW CHECKPOINTS" if n < min_checkpoints else _label(held, len(rho), majority)
     return {"verdict": verdict, "layers_following": held, "layers": len(rho), "checkpoints": n,
             "rho_layer_mean": _spearman(steps, mean), "first": float(mean[0]), "last": float(mean[-1]),
-            "rho_by_layer": rho}
+            "layers_net_as_claimed": int(np.sum(net > 0)), "rho_by_layer": rho}
 
 
 def settle_verdict(matrix: np.ndarray, steps: Sequence[int], late_fraction: float = 1 / 3, tolerance: float = 0.25,

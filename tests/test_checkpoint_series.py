@@ -175,8 +175,14 @@ def test_forecast_verdict():
     loss = 5 * np.exp(-steps / 60.0)
     metric = -loss  # moves with loss
     f = forecast_verdict(metric, loss, steps, lag=2, early_fraction=0.5)
-    assert f["pairs"] == 10 and f["verdict"] == "FORECASTS" and f["rho"] == pytest.approx(-1.0)
+    assert f["pairs"] == 10 and f["verdict"] == "NO BETTER THAN LOSS" and f["rho"] == pytest.approx(-1.0)
     assert f["rho_persistence"] == pytest.approx(1.0) and not f["beats_persistence"]
+    # a loss that stalls and resumes: the spectrum at i leads loss at i + 2, the loss itself does not
+    stall = np.array([5.0, 4.9, 4.8, 4.8, 4.8, 4.0, 3.0, 3.0, 2.9, 2.0, 1.9, 1.8])
+    lead = np.r_[stall[2:], stall[-1], stall[-1]]  # metric_i = loss_{i+2}
+    f = forecast_verdict(lead, stall, np.arange(12), lag=2, early_fraction=1.0)
+    assert f["rho"] == pytest.approx(1.0) and abs(f["rho_persistence"]) < 1
+    assert f["verdict"] == "FORECASTS" and f["beats_persistence"]
     rng = np.random.default_rng(0)
     noise = rng.permutation(20).astype(float)
     f = forecast_verdict(noise, loss, steps, lag=2, early_fraction=0.5, rho_min=0.9)

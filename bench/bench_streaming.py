@@ -7,7 +7,8 @@
 - WeightWatcher 0.7.7 directory mode: `WeightWatcher(model="<dir>").analyze()`, which reads the
   directory's safetensors itself (framework PYSTATEDICT_DIR).
 Each variant runs in its own child process: wall time includes loading, peak RSS is ru_maxrss
-of that child alone. The streamed child also times every matrix (read excluded), which gives
+of that child alone; CPU time (user + system, all threads) is the fairer comparison on a
+shared machine. The streamed child also times every matrix (read excluded), which gives
 the per-matrix cost model of the 70B projection printed at the end.
 
     .venv/bin/python bench/bench_streaming.py [--checkpoint DIR] [--variants streamed,whole,weightwatcher]
@@ -83,8 +84,9 @@ def child(variant: str, checkpoint: Path) -> dict:
         df, _ = weights_module.weight_spectra(adapter, progress=False)
         n, alpha = len(df), float(df.alpha.median())
     seconds = time.perf_counter() - start
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": variant, "seconds": seconds, "peak_rss_mb": rss_mb, "n_matrices": n, "alpha_median": alpha,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"variant": variant, "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "n_matrices": n, "alpha_median": alpha,
             "timings": timings}
 
 
@@ -138,10 +140,10 @@ def main() -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     size = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 1e9
     print(f"## Notebook 01 on {checkpoint.name} ({size:.2f} GB of safetensors), load included\n")
-    print("| variant | matrices | wall time (s) | peak RSS (MB) | median alpha |")
-    print("|---|---|---|---|---|")
+    print("| variant | matrices | wall time (s) | CPU time (s) | peak RSS (MB) | median alpha |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['n_matrices']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} "
+        print(f"| {r['variant']} | {r['n_matrices']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} "
               f"| {r['alpha_median']:.2f} |")
     streamed = next((r for r in rows if r["variant"] == "streamed"), None)
     if streamed and streamed["timings"]:

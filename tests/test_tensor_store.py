@@ -225,3 +225,17 @@ def test_smollm2_streamed_equals_loaded():
                  (a.weight_matrices(a.dims.L - 1)["ffn_out"], b.weight_matrices(a.dims.L - 1)["ffn_out"])]:
         ma, mb = weight_metrics(W), weight_metrics(V)
         assert all((ma[k] == mb[k]).all() if hasattr(ma[k], "all") else ma[k] == mb[k] or ma[k] != ma[k] for k in ma)
+
+
+def test_count_nonfinite_in_blocks_equals_whole_count():
+    from utils.tensor_store import count_nonfinite
+
+    torch.manual_seed(1)
+    W = torch.randn(1000, 37).to(torch.bfloat16)
+    W[torch.rand(1000, 37) < 0.01] = float("nan")
+    W[3, 5], W[999, 36] = float("inf"), float("-inf")
+    expected = int((~torch.isfinite(W)).sum())
+    assert expected > 2
+    for block in (1, 37, 100, 10**6):
+        assert count_nonfinite(W, block_elements=block) == expected
+    assert count_nonfinite(torch.tensor([1.0, float("nan")])) == 1

@@ -145,12 +145,20 @@ class NonFiniteWeightError(CheckpointError):
     """A weight matrix holds NaN or infinite entries."""
 
 
+def count_nonfinite(tensor: torch.Tensor, block_elements: int = 1 << 22) -> int:
+    """Number of NaN/Inf entries, in row blocks (torch.isfinite on a whole bf16 tensor makes
+    float32 temporaries several times its size)."""
+    flat = tensor.reshape(tensor.shape[0], -1) if tensor.ndim > 1 else tensor.reshape(-1, 1)
+    step = max(1, block_elements // max(flat.shape[1], 1))
+    return sum(int(block.numel() - torch.isfinite(block).sum()) for block in flat.split(step))
+
+
 def check_finite(adapter) -> None:
     """Raise NonFiniteWeightError naming every matrix (layer, weight type, tensor name) with NaN
     or Inf entries and their count. One cheap pass, one tensor at a time, before heavy work."""
     problems = []
     for layer, weight, name, tensor in adapter.named_matrices():
-        bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+        bad = count_nonfinite(tensor)
         if bad:
             where = f"layer {layer}" if layer >= 0 else "outside the blocks"
             problems.append(f"{where}, weight {weight} (tensor {name!r}): {bad:,} non-finite entries "

@@ -9,7 +9,7 @@
 Each variant runs in its own child process: wall time includes loading, peak RSS is ru_maxrss
 of that child alone; CPU time (user + system, all threads) is the fairer comparison on a
 shared machine. The streamed child also times every matrix (read excluded), which gives
-the per-matrix cost model of the 70B projection printed at the end.
+the per-matrix cost model (CPU seconds) of the 70B projection printed at the end.
 
     .venv/bin/python bench/bench_streaming.py [--checkpoint DIR] [--variants streamed,whole,weightwatcher]
 
@@ -51,10 +51,11 @@ def child(variant: str, checkpoint: Path) -> dict:
     if variant == "streamed":
         metrics = weights_module.weight_metrics
 
-        def timed(W):  # per-matrix compute time, the read excluded
-            start = time.perf_counter()
+        def timed(W):  # per-matrix compute CPU time (all threads), the read excluded
+            start = time.process_time()
             result = metrics(W)
-            timings.append((int(W.shape[0]), int(W.shape[1]), time.perf_counter() - start))
+            timings.append((int(W.shape[0]), int(W.shape[1]), time.process_time() - start))
+            print(json.dumps(timings[-1]), file=sys.stderr, flush=True)
             return result
 
         weights_module.weight_metrics = timed
@@ -150,11 +151,11 @@ def main() -> None:
         a, b = cost_model(streamed["timings"])
         compute = sum(t for *_, t in streamed["timings"])
         p = projection(a, b, LLAMA3_70B)
-        print(f"\nstreamed: {compute:.1f} s of {streamed['seconds']:.1f} s in per-matrix compute; cost model "
-              f"t = {a:.3g} * long * short^2 + {b:.3g} * short^3 s")
+        print(f"\nstreamed: {compute:.1f} CPU s of {streamed['cpu_seconds']:.1f} in per-matrix compute; cost model "
+              f"t = {a:.3g} * long * short^2 + {b:.3g} * short^3 CPU s")
         print(f"\n70B projection (Llama-3-70B shapes {LLAMA3_70B}): {p['matrices']} matrices, largest tensor "
               f"{p['largest tensor (bf16)'] / 2**30:.2f} GiB (bf16 embedding), largest Gram "
-              f"{p['largest Gram (float64)'] / 2**30:.2f} GiB, compute {p['seconds'] / 3600:.1f} h on this machine")
+              f"{p['largest Gram (float64)'] / 2**30:.2f} GiB, compute {p['seconds'] / 3600:.1f} CPU hours")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,12 @@ PER_MODEL := $(filter-out $(MODEL_INDEPENDENT),$(NOTEBOOKS))
 
 run: $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
 
-all: run $(foreach m,$(MODELS),$(foreach nb,$(PER_MODEL),$(call report,$(m),$(nb))))
+# Synthetic checkpoints (params/*-synthetic.yaml: random weights at 1B-7B shapes, written on first
+# use) are for benchmarks and scale tests; `all` leaves them out (they would add about an hour on
+# 2 CPU cores). Run one with `make MODEL=llama-3.2-1b-synthetic`.
+ALL_MODELS := $(filter-out %-synthetic,$(MODELS))
+
+all: run $(foreach m,$(ALL_MODELS),$(foreach nb,$(PER_MODEL),$(call report,$(m),$(nb))))
 
 ## Tests, benchmarks, lab -----------------------------------------------------------------------
 test: $(STAMP)

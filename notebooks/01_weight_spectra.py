@@ -24,7 +24,7 @@
 import numpy as np
 import pandas as pd
 
-from utils import Report, load_model, output_dir, write_csv
+from utils import Report, load_weights, output_dir, write_csv
 from utils.plotting import depth_colors, save_figure, subplots
 from utils.weights import phase_table, sharpest_transitions, weight_spectra, weight_type_statistics
 
@@ -34,7 +34,7 @@ output_root: str = "output"  # outputs go to <output_root>/<model>/01_weight_spe
 heavy_tail_alpha: float = 2.0  # alpha below this counts as very heavy-tailed (WeightWatcher's bound)
 
 # %%
-loaded = load_model(model)
+loaded = load_weights(model)  # streamed from safetensors when on disk, else the loaded model
 adapter, dims = loaded.adapter, loaded.dims
 out = output_dir(loaded.params, "01_weight_spectra", output_root)
 print(f"{loaded.params.name}: {loaded.origin}; loaded in {loaded.load_seconds:.1f} s")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from utils import Report, load_model, output_dir, write_csv
+from utils import Report, load_weights, output_dir, write_csv
 from utils.kernels import complex_mask, components_for_energy, cumulative_energy, head_kernels, kernel_table
 from utils.plotting import heatmap, save_figure, subplots
 from utils.spectra import components_for_variance, cumulative_share, effective_rank, singular_values
@@ -38,7 +38,7 @@ head: int = 0  # query head of the single-head deep dive
 complex_rtol: float = 1e-6  # an eigenvalue counts as complex when |Im| > complex_rtol * max |lambda| of its head
 
 # %%
-loaded = load_model(model)
+loaded = load_weights(model)  # streamed from safetensors when on disk, else the loaded model
 adapter, dims = loaded.adapter, loaded.dims
 L, d, h, d_head = dims.L, dims.d, dims.h, dims.d_head
 out = output_dir(loaded.params, "02_attention_kernels", output_root)

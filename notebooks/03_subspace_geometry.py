@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from utils import Report, load_model, output_dir, save_npy, write_csv
+from utils import Report, load_weights, output_dir, save_npy, write_csv
 from utils.kernels import kernel_table
 from utils.plotting import heatmap, save_figure, subplots
 from utils.report import fmt
@@ -43,7 +43,7 @@ k: int = 20  # subspace rank; clipped to d_head (the largest rank a kernel can h
 reference_layer: str = "auto"  # bottleneck reference layer: "auto" (chosen from the data) or a layer index
 
 # %%
-loaded = load_model(model)
+loaded = load_weights(model)  # streamed from safetensors when on disk, else the loaded model
 adapter, dims = loaded.adapter, loaded.dims
 L, d, h, d_head = dims.L, dims.d, dims.h, dims.d_head
 out = output_dir(loaded.params, "03_subspace_geometry", output_root)

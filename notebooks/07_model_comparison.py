@@ -23,7 +23,7 @@
 import numpy as np
 import pandas as pd
 
-from utils import Report, load_model, load_params, output_dir, write_csv
+from utils import Report, load_params, load_weights, output_dir, write_csv
 from utils.comparison import depth_profile, model_summary, relative_depth, weight_comparison
 from utils.models import ModelUnavailableError, check_available
 from utils.plotting import save_figure, subplots
@@ -65,7 +65,7 @@ for params in models:
     if csv.exists() and not recompute:
         tables[params.name], provenance[params.name] = pd.read_csv(csv), f"notebook 01 output `{csv.name}`"
     else:
-        loaded = load_model(params)
+        loaded = load_weights(params)
         tables[params.name], _ = weight_spectra(loaded.adapter)
         provenance[params.name] = f"computed here ({loaded.origin})"
         del loaded

@@ -67,9 +67,11 @@ def test_ffn_covariances_in_several_passes(params):
     one_layer = 2 * d_ff * d_ff * 8
     layers = list(range(L))
     multi = act.collect_activations(loaded, tokens, residual=False, ffn_layers=layers, cache=False,
-                                    ffn_memory_bytes=one_layer)  # one layer per pass
-    single = act.collect_activations(loaded, tokens, residual=True, ffn_layers=layers, cache=False)
-    assert act._ffn_groups(layers, d_ff, one_layer) == [[i] for i in layers]
+                                    ffn_memory_bytes=one_layer, ffn_dtype="float64")  # one layer per pass
+    single = act.collect_activations(loaded, tokens, residual=True, ffn_layers=layers, cache=False,
+                                     ffn_dtype="float64", ffn_memory_bytes=1 << 30)
+    assert act._ffn_groups(layers, d_ff, one_layer, "float64") == [[i] for i in layers]
+    assert act._ffn_groups(layers, d_ff, one_layer, "float32") == [layers[i:i + 2] for i in range(0, L, 2)]
     assert multi.residual == [] and multi.samples is None
     for i in layers:
         pre, post = _reference_ffn_rows(loaded, tokens.input_ids, i)
@@ -165,7 +167,7 @@ def test_skip_first_leaves_sink_positions_out_of_statistics_only():
     loaded = load_model(tiny_models[tiny_model_ids.index("tiny-llama")])
     tokens = _tokens(n=4, S=10)
     stats = act.collect_activations(loaded, tokens, ffn_layers=[0], keep_samples=9, batch_size=3, cache=False,
-                                    skip_first=2)
+                                    skip_first=2, ffn_dtype="float64")
     with torch.no_grad():
         hs = loaded.model(tokens.input_ids, output_hidden_states=True).hidden_states
     d = loaded.dims.d
@@ -178,3 +180,42 @@ def test_skip_first_leaves_sink_positions_out_of_statistics_only():
     np.testing.assert_allclose(stats.ffn_pre[0].covariance().numpy(), _cov(kept), rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="leaves no token"):
         act.collect_activations(loaded, tokens, cache=False, skip_first=10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_skipped_rows_merge_to_the_all_token_statistics(dtype):
+    """keep_skipped: the sink-free accumulator plus the kept skipped rows (Chan's merge) equal the
+    all-token statistics computed directly (skip_first=0), in one forward pass."""
+    loaded = load_model(tiny_models[tiny_model_ids.index("tiny-llama")])
+    tokens = _tokens(n=5, S=12)
+    sink_free = act.collect_activations(loaded, tokens, residual=False, ffn_layers=[0, 1], batch_size=2,
+                                        cache=False, skip_first=1, keep_skipped=True, ffn_dtype=dtype)
+    direct = act.collect_activations(loaded, tokens, residual=False, ffn_layers=[0, 1], batch_size=2,
+                                     cache=False, skip_first=0, ffn_dtype=dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-10
+    for i in (0, 1):
+        pre, post = _reference_ffn_rows(loaded, tokens.input_ids, i)
+        assert sink_free.ffn_pre_skipped[i].shape == (5, pre.shape[-1])  # position 0 of each window
+        np.testing.assert_allclose(sink_free.ffn_pre_skipped[i].numpy(), pre.reshape(5, 12, -1)[:, 0].numpy(),
+                                   rtol=1e-6, atol=1e-7)
+        for kind, rows in (("pre", pre), ("post", post)):
+            acc = getattr(sink_free, f"ffn_{kind}")[i]
+            assert acc.count == 5 * 11
+            acc.update(getattr(sink_free, f"ffn_{kind}_skipped")[i])
+            assert acc.count == 5 * 12
+            ref = _cov(rows)
+            for got in (acc.covariance().numpy(), getattr(direct, f"ffn_{kind}")[i].covariance().numpy()):
+                assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_pass_plan_for_a_3b_shape():
+    """Qwen2.5-3B: L = 36, D_ff = 11008. float32: 2 D_ff^2 4 bytes = 0.90 GiB per layer."""
+    plan = act.ffn_pass_plan(36, 11008, 8 << 30, "float32")
+    assert plan.bytes_per_layer == 2 * 11008 ** 2 * 4
+    assert plan.layers_per_pass == (8 << 30) // plan.bytes_per_layer == 8 and plan.passes == 5
+    assert plan.blocks_run == 8 + 16 + 24 + 32 + 36
+    old = act.ffn_pass_plan(36, 11008, 2 << 30, "float64")  # the former default: one layer per pass
+    assert old.passes == 36 and old.layers_per_pass == 1
+    assert "5 pass(es)" in plan.describe()
+    with pytest.raises(ValueError, match="float32 or float64"):
+        act.ffn_pass_plan(36, 11008, 8 << 30, "float16")

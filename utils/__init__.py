@@ -6,15 +6,24 @@ The public API, re-exported from the modules that define it.
 from .adapters import (
     AttentionWeights,
     FFNWeights,
+    CheckpointAdapter,
     ModelAdapter,
     ModelDims,
+    WeightAdapter,
     UnsupportedArchitectureError,
     get_adapter,
     get_model_dims,
 )
 from .corpus import load_corpus, sample_tokens
 from .covariance import StreamingCovariance
-from .models import LoadedModel, ModelTooLargeError, ModelUnavailableError, load_model
+from .models import LoadedModel, ModelTooLargeError, ModelUnavailableError, StreamedWeights, load_model, load_weights
+from .tensor_store import (
+    CheckpointError,
+    CorruptCheckpointError,
+    NonFiniteWeightError,
+    TensorStore,
+    UnsafeCheckpointError,
+)
 from .params import Params, ParamsError, load_params
 from .report import Report, output_dir, save_npy, write_csv, write_text
 from .spectra import (

@@ -2,7 +2,8 @@
 
 `collect_activations(loaded, tokens, ...)` runs the model's base (no LM head, so no (B, S, V)
 logits are ever materialised) over the windows in batches under `torch.inference_mode` and, with
-forward hooks placed through the adapter, accumulates in float64 (`StreamingCovariance`):
+forward hooks placed through the adapter, accumulates on the model's device (`StreamingCovariance`:
+per-batch centring merged exactly, Chan et al. 1979; float32 or float64 storage):
 
 - residual stream, L + 2 states per token (the index convention of every consumer):
       0          after the embeddings (input of block 0 = HF `hidden_states[0]`, so it includes
@@ -16,10 +17,13 @@ forward hooks placed through the adapter, accumulates in float64 (`StreamingCova
 - a seeded subsample of `keep_samples` token positions, the same positions for every residual
   state, kept in float32 for sample-based metrics (CKA).
 
-Memory. Residual accumulators cost (L + 2) d^2 8 bytes. FFN accumulators cost 2 D_ff^2 8 bytes
-per layer (SmolLM2: 38 MB per layer, 1.1 GB for all 30). The requested FFN layers are split into
-groups whose accumulators fit `ffn_memory_bytes`, one forward pass per group; passes after the
-first only run the model up to the last block they need. The budget bounds what one pass
+Memory. Residual accumulators cost (L + 2) d^2 8 bytes (float64). FFN accumulators cost
+2 D_ff^2 b bytes per layer, b = 4 (float32, `ffn_dtype`'s default) or 8 (float64): SmolLM2 19 MB
+per layer in float32, Qwen2.5-3B (D_ff 11008) 0.97 GB. The requested FFN layers are split into
+groups whose accumulators fit `ffn_memory_bytes` (default: `default_ffn_budget`, a share of the
+free memory of the device), one forward pass per group; passes after the first only run the
+model up to the last block they need. `ffn_pass_plan` computes the plan (passes, layers per pass,
+bytes, blocks run) without a model, for reports and projections. The budget bounds what one pass
 accumulates; the returned statistics hold every requested layer, so a caller that must keep the
 total at O(D_ff^2) asks for one group at a time and reduces each to eigenvalues before the next
 (as notebook 05 does). Residual statistics and per-batch consumers use the first pass only.
@@ -35,6 +39,11 @@ count, seed, attention-mask fingerprint) and what was collected. Written atomica
 model still runs (once), but cached statistics are not re-accumulated.
 
 Padding: positions where `attention_mask == 0` never enter a statistic, sample or consumer row.
+
+Skipped positions: the first `skip_first` positions of each window enter no statistic; with
+`keep_skipped=True` their FFN pre/post rows are kept (`ActivationStats.ffn_pre_skipped`, a few
+rows per window) so that all-token statistics follow exactly by `StreamingCovariance.update`
+(Chan's merge) without a second forward pass.
 """
 
 from __future__ import annotations
@@ -49,11 +58,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .corpus import TokenSample
-from .covariance import StreamingCovariance
+from .covariance import StreamingCovariance, accumulator_dtype
 from .models import LoadedModel, cache_dir
 from .report import atomic_path
 
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 
 
 @dataclass
@@ -78,6 +87,8 @@ class ActivationStats:
     n_tokens: int  # real (unmasked) tokens accumulated
     key: dict = field(default_factory=dict)
     from_cache: bool = False
+    ffn_pre_skipped: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (n_skipped, D_ff)
+    ffn_post_skipped: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return {
@@ -88,6 +99,8 @@ class ActivationStats:
             "sample_positions": self.sample_positions,
             "n_tokens": self.n_tokens,
             "key": json.dumps(self.key, sort_keys=True),
+            "ffn_pre_skipped": {str(i): t.cpu() for i, t in self.ffn_pre_skipped.items()},
+            "ffn_post_skipped": {str(i): t.cpu() for i, t in self.ffn_post_skipped.items()},
         }
 
     @classmethod
@@ -102,6 +115,8 @@ class ActivationStats:
             n_tokens=int(state["n_tokens"]),
             key=json.loads(state["key"]),
             from_cache=True,
+            ffn_pre_skipped={int(i): t for i, t in state.get("ffn_pre_skipped", {}).items()},
+            ffn_post_skipped={int(i): t for i, t in state.get("ffn_post_skipped", {}).items()},
         )
 
 
@@ -118,7 +133,7 @@ def _weights_fingerprint(model: torch.nn.Module) -> str:
 
 def cache_key(loaded: LoadedModel, tokens: TokenSample, attention_mask: torch.Tensor | None, *,
               residual: bool, ffn_layers: Sequence[int], keep_samples: int, seed: int,
-              skip_first: int = 0) -> dict:
+              skip_first: int = 0, ffn_dtype: str = "float32", keep_skipped: bool = False) -> dict:
     """Everything the collected statistics depend on."""
     p = loaded.params
     mask_fp = None if attention_mask is None else hashlib.sha256(
@@ -129,7 +144,7 @@ def cache_key(loaded: LoadedModel, tokens: TokenSample, attention_mask: torch.Te
         "corpus": tokens.corpus, "tokens": tokens.fingerprint(), "n_tokens": tokens.n_tokens,
         "shape": list(tokens.input_ids.shape), "token_seed": tokens.seed, "mask": mask_fp,
         "residual": residual, "ffn_layers": sorted(ffn_layers), "keep_samples": keep_samples, "seed": seed,
-        "skip_first": skip_first,
+        "skip_first": skip_first, "ffn_dtype": ffn_dtype, "keep_skipped": keep_skipped,
     }
 
 
@@ -164,12 +179,56 @@ def _tensor(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def _ffn_groups(layers: Sequence[int], d_ff: int, budget_bytes: int) -> list[list[int]]:
-    """Split FFN layers into passes: each layer needs 2 D_ff^2 float64 accumulators."""
-    per_layer = 2 * d_ff * d_ff * 8
+def _ffn_groups(layers: Sequence[int], d_ff: int, budget_bytes: int, dtype: str = "float64") -> list[list[int]]:
+    """Split FFN layers into passes: each layer needs 2 D_ff^2 accumulator entries of `dtype`."""
+    per_layer = 2 * d_ff * d_ff * accumulator_dtype(dtype).itemsize
     per_pass = max(1, budget_bytes // per_layer)
     layers = sorted(set(layers))
     return [layers[i : i + per_pass] for i in range(0, len(layers), per_pass)]
+
+
+def default_ffn_budget(device: str | torch.device = "cpu", share: float = 0.5) -> int:
+    """Bytes for FFN accumulators: `share` of the memory free now on `device` (after the model
+    loaded). CPU: MemAvailable of /proc/meminfo; CUDA: torch.cuda.mem_get_info's free bytes."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        from .models import _available_ram
+
+        free = _available_ram()
+    return int(share * free)
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """How notebook 05's FFN accumulation splits into forward passes (see `ffn_pass_plan`)."""
+
+    layers: int
+    d_ff: int
+    dtype: str
+    budget_bytes: int
+    bytes_per_layer: int  # 2 D_ff^2 itemsize (pre + post)
+    layers_per_pass: int
+    passes: int
+    peak_bytes: int  # accumulators of the largest pass
+    blocks_run: int  # decoder blocks evaluated over all passes (a pass stops after its last layer)
+
+    def describe(self) -> str:
+        return (f"{self.passes} pass(es) of <= {self.layers_per_pass} layer(s) for L = {self.layers}, "
+                f"D_ff = {self.d_ff} with {self.dtype} accumulators ({self.bytes_per_layer / 2**20:,.0f} MiB per "
+                f"layer, {self.peak_bytes / 2**30:.2f} GiB per pass, budget {self.budget_bytes / 2**30:.2f} GiB); "
+                f"{self.blocks_run} block evaluations = {self.blocks_run / self.layers:.2f} full forward passes")
+
+
+def ffn_pass_plan(layers: int, d_ff: int, budget_bytes: int, dtype: str = "float32") -> PassPlan:
+    """The passes `collect_activations` makes for FFN statistics of every layer of a model."""
+    groups = _ffn_groups(range(layers), d_ff, budget_bytes, dtype)
+    per_layer = 2 * d_ff * d_ff * accumulator_dtype(dtype).itemsize
+    return PassPlan(layers=layers, d_ff=d_ff, dtype=dtype, budget_bytes=int(budget_bytes), bytes_per_layer=per_layer,
+                    layers_per_pass=len(groups[0]), passes=len(groups),
+                    peak_bytes=per_layer * max(len(g) for g in groups),
+                    blocks_run=sum(g[-1] + 1 for g in groups))
 
 
 def _sample_positions(mask: torch.Tensor, keep: int, seed: int) -> torch.Tensor:
@@ -183,22 +242,29 @@ def _sample_positions(mask: torch.Tensor, keep: int, seed: int) -> torch.Tensor:
 def _run_pass(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, stat_mask: torch.Tensor, *,
               residual: bool,
               ffn_layers: list[int], positions: torch.Tensor, consumers: Sequence[Callable],
-              batch_size: int, device: torch.device, desc: str) -> dict:
+              batch_size: int, device: torch.device, desc: str, ffn_dtype: str = "float64",
+              keep_skipped: bool = False) -> dict:
     """One pass over all windows; returns the accumulators it filled."""
     adapter = loaded.adapter
     L, d, d_ff = adapter.dims.L, adapter.dims.d, adapter.dims.d_ff
     keep_states = residual or bool(consumers)
     res = [StreamingCovariance(d, device) for _ in range(L + 2)] if residual else []
-    pre = {i: StreamingCovariance(d_ff, device) for i in ffn_layers}
-    post = {i: StreamingCovariance(d_ff, device) for i in ffn_layers}
+    pre = {i: StreamingCovariance(d_ff, device, ffn_dtype) for i in ffn_layers}
+    post = {i: StreamingCovariance(d_ff, device, ffn_dtype) for i in ffn_layers}
+    skipped = {"pre": {i: [] for i in ffn_layers}, "post": {i: [] for i in ffn_layers}}  # rows left out, CPU
     samples = torch.zeros(L + 2, positions.numel(), d) if residual and positions.numel() else None
     seq_len = ids.shape[1]
     states: dict[int, torch.Tensor] = {}
-    rows_mask: list[torch.Tensor] = []  # current batch's flat real-token mask, on device
+    rows_mask: list[torch.Tensor] = []  # current batch's flat masks (statistics, skipped), on device
     last_block = L - 1 if keep_states else max(ffn_layers)
 
     def real_rows(x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (n_real, D)
         return x.reshape(-1, x.shape[-1])[rows_mask[0]]
+
+    def ffn_rows(kind: str, i: int, x: torch.Tensor) -> None:
+        (pre if kind == "pre" else post)[i].update(real_rows(x))
+        if keep_skipped:
+            skipped[kind][i].append(x.reshape(-1, x.shape[-1])[rows_mask[1]].float().cpu())
 
     def on_block(i):
         def hook(module, args, output):
@@ -212,7 +278,7 @@ def _run_pass(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, stat_m
         b_ids = ids[start : start + batch_size].to(device)
         b_mask = mask[start : start + batch_size].to(device)  # what the model attends to
         b_stat = stat_mask[start : start + batch_size].to(device)  # what enters the statistics
-        rows_mask[:] = [b_stat.reshape(-1)]
+        rows_mask[:] = [b_stat.reshape(-1), (b_mask & ~b_stat).reshape(-1)]
         states.clear()
         try:
             adapter.base(input_ids=b_ids, attention_mask=b_mask.long(), use_cache=False)
@@ -246,23 +312,27 @@ def _run_pass(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, stat_m
             handles.append(adapter.block(i).register_forward_hook(on_block(i)))
         for i in ffn_layers:
             handles.append(adapter.ffn_pre_module(i).register_forward_hook(
-                lambda m, args, out, i=i: pre[i].update(real_rows(out))))
+                lambda m, args, out, i=i: ffn_rows("pre", i, out)))
             handles.append(adapter.ffn_post_module(i).register_forward_pre_hook(
-                lambda m, args, i=i: post[i].update(real_rows(args[0]))))
-        for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, leave=False):
+                lambda m, args, i=i: ffn_rows("post", i, args[0])))
+        for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, leave=False, unit="batch"):
             with torch.inference_mode():
                 _batch(start)
     finally:
         for h in handles:
             h.remove()
-    return {"residual": res, "pre": pre, "post": post, "samples": samples}
+    cat = {kind: {i: torch.cat(rows) if rows else torch.zeros(0, d_ff) for i, rows in by_layer.items()}
+           for kind, by_layer in skipped.items()} if keep_skipped else {"pre": {}, "post": {}}
+    return {"residual": res, "pre": pre, "post": post, "samples": samples,
+            "pre_skipped": cat["pre"], "post_skipped": cat["post"]}
 
 
 def collect_activations(loaded: LoadedModel, tokens: TokenSample, *, residual: bool = True,
                         ffn_layers: Sequence[int] = (), keep_samples: int = 0, batch_size: int = 8,
                         seed: int = 0, cache: bool = True, device: str | torch.device | None = None,
                         attention_mask: torch.Tensor | None = None, consumers: Sequence[Callable] = (),
-                        ffn_memory_bytes: int = 2 << 30, skip_first: int = 0) -> ActivationStats:
+                        ffn_memory_bytes: int | None = None, skip_first: int = 0, ffn_dtype: str = "float32",
+                        keep_skipped: bool = False) -> ActivationStats:
     """Stream the model over `tokens.input_ids` (n, S) and accumulate the statistics of the module doc.
 
     residual: accumulate the L + 2 residual-state covariances (and `keep_samples` samples of each).
@@ -270,7 +340,12 @@ def collect_activations(loaded: LoadedModel, tokens: TokenSample, *, residual: b
     keep_samples: token positions kept per residual state (same positions for every state), seeded.
     attention_mask: optional (n, S) 0/1; masked positions enter no statistic.
     consumers: callables on each `BatchActivations` of the first pass (see module doc).
-    ffn_memory_bytes: budget for FFN accumulators per pass (2 D_ff^2 8 bytes per layer).
+    ffn_memory_bytes: budget for FFN accumulators per pass (2 D_ff^2 itemsize bytes per layer);
+        None: `default_ffn_budget(device)`, half the memory free on the device.
+    ffn_dtype: FFN accumulator storage, "float32" (default; exact per-batch centring keeps ~1e-6
+        relative accuracy, see utils.covariance) or "float64".
+    keep_skipped: also return the FFN rows of the skipped positions (`ffn_pre_skipped`,
+        `ffn_post_skipped`, float32 on CPU), so that all-token statistics follow by merging.
     skip_first: the first `skip_first` positions of every window run through the model but enter
         no statistic (nor the consumers' masks): many LMs turn the first position of any window
         into an attention sink with massive activations (Xiao et al. 2023; Sun et al. 2024,
@@ -290,33 +365,39 @@ def collect_activations(loaded: LoadedModel, tokens: TokenSample, *, residual: b
     if device is None:
         device = next(loaded.model.parameters()).device
     device = torch.device(device)
+    accumulator_dtype(ffn_dtype)  # refuses anything but float32/float64 before the model runs
+    if ffn_memory_bytes is None:
+        ffn_memory_bytes = default_ffn_budget(device)
     key = cache_key(loaded, tokens, attention_mask, residual=residual, ffn_layers=ffn_layers,
-                    keep_samples=keep_samples, seed=seed, skip_first=skip_first)
+                    keep_samples=keep_samples, seed=seed, skip_first=skip_first, ffn_dtype=ffn_dtype,
+                    keep_skipped=keep_skipped)
     stats = _load_cached(key) if cache else None
     if stats is not None and not consumers:
         return stats
     positions = _sample_positions(stat_mask, keep_samples, seed)
-    groups = [] if stats is not None else _ffn_groups(ffn_layers, loaded.adapter.dims.d_ff, ffn_memory_bytes)
+    groups = [] if stats is not None else _ffn_groups(ffn_layers, loaded.adapter.dims.d_ff, ffn_memory_bytes,
+                                                      ffn_dtype)
     want_residual = residual and stats is None
     if not groups and (want_residual or consumers):
         groups = [[]]
-    acc = {"residual": [], "pre": {}, "post": {}, "samples": None}
+    acc = {"residual": [], "pre": {}, "post": {}, "samples": None, "pre_skipped": {}, "post_skipped": {}}
     for k, group in enumerate(groups):
         first = k == 0
         out = _run_pass(loaded, ids, mask, stat_mask, residual=want_residual and first, ffn_layers=group,
                         positions=positions, consumers=consumers if first else (),
-                        batch_size=batch_size, device=device,
+                        batch_size=batch_size, device=device, ffn_dtype=ffn_dtype, keep_skipped=keep_skipped,
                         desc=f"activations pass {k + 1}/{len(groups)}")
         if first:
             acc["residual"], acc["samples"] = out["residual"], out["samples"]
-        acc["pre"].update(out["pre"])
-        acc["post"].update(out["post"])
+        for kind in ("pre", "post", "pre_skipped", "post_skipped"):
+            acc[kind].update(out[kind])
     if stats is not None:
         return stats
     stats = ActivationStats(
         residual=acc["residual"], ffn_pre=acc["pre"], ffn_post=acc["post"], samples=acc["samples"],
         sample_positions=positions, n_tokens=int(stat_mask.sum()),
         key=json.loads(json.dumps(key, sort_keys=True, default=str)),
+        ffn_pre_skipped=acc["pre_skipped"], ffn_post_skipped=acc["post_skipped"],
     )
     if cache:
         _save_cached(stats)

@@ -84,12 +84,18 @@ def _linear(module: nn.Module) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Family:
-    """Attribute paths of one architecture family, relative to `model.base_model`."""
+    """Attribute paths of one architecture family, relative to `model.base_model`.
+
+    The same paths name the tensors of a saved checkpoint: module path + ".weight", behind a
+    prefix that differs between checkpoints ("model.", "transformer.", "gpt_neox.", "bert." or
+    none), found by `CheckpointAdapter`. `qkv` is three separate projections, or one fused
+    projection split by `qkv_split(w (out, in), h, n_kv, d_head) -> (wq, wk, wv)`.
+    """
 
     name: str
     model_types: tuple[str, ...]
     blocks: str
-    qkv: Callable[[nn.Module, int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    qkv: tuple[str, ...]
     attn_module: str  # inside a block
     o_proj: str
     ffn_in: str
@@ -98,45 +104,51 @@ class Family:
     embed: str
     final_norm: str | None
     causal_lm: bool = True
+    qkv_split: Callable[[torch.Tensor, int, int, int], tuple] | None = None
+    conv1d: bool = False  # GPT-2's Conv1D stores (in, out): checkpoint tensors are transposed
+    lm_head: str = "lm_head"  # output embedding, relative to the top-level model
+    query_scale: Callable[[object], float | None] = lambda config: None  # score scale when not d_head^-1/2
+
+    def block_paths(self, layer: int) -> dict[str, str]:
+        """Module paths (relative to the base model) of one block's matrices, keyed by weight
+        type; a fused QKV projection is keyed "qkv"."""
+        qkv = {"qkv": self.qkv[0]} if len(self.qkv) == 1 else dict(zip("qkv", self.qkv))
+        paths = {**qkv, "o": self.o_proj, "ffn_gate": self.ffn_gate, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
+        return {k: f"{self.blocks}.{layer}.{p}" for k, p in paths.items() if p}
+
+    def split_qkv(self, tensors: tuple, h: int, n_kv: int, d_head: int) -> tuple:
+        """(wq, wk, wv) as (out, in) matrices from the tensor(s) at `qkv`, already (out, in)."""
+        if self.qkv_split is None:
+            return tuple(tensors)
+        return tuple(self.qkv_split(tensors[0], h, n_kv, d_head))
 
 
-def _separate_qkv(q: str, k: str, v: str):
-    def split(block: nn.Module, h: int, n_kv: int, d_head: int):
-        return _linear(_get(block, q)), _linear(_get(block, k)), _linear(_get(block, v))
-
-    return split
+def _gpt2_split(w: torch.Tensor, h: int, n_kv: int, d_head: int):
+    return w.chunk(3, dim=0)  # (3d, d): rows [q; k; v]
 
 
-def _gpt2_qkv(block: nn.Module, h: int, n_kv: int, d_head: int):
-    w = _linear(block.attn.c_attn)  # (3d, d): rows [q; k; v]
-    return w.chunk(3, dim=0)
-
-
-def _neox_qkv(block: nn.Module, h: int, n_kv: int, d_head: int):
-    w = _linear(block.attention.query_key_value)  # (3d, d), per head interleaved [q_h; k_h; v_h]
-    per_head = w.reshape(h, 3, d_head, -1)
+def _neox_split(w: torch.Tensor, h: int, n_kv: int, d_head: int):
+    per_head = w.reshape(h, 3, d_head, -1)  # (3d, d), per head interleaved [q_h; k_h; v_h]
     return tuple(per_head[:, i].reshape(h * d_head, -1) for i in range(3))
 
 
-class ModelAdapter:
-    """Architecture-neutral access to a loaded HF model (see module docstring)."""
+def _dims(config, L: int, d_ff: int, V: int) -> ModelDims:
+    """Dims from a (text) config plus what the weights' shapes say: blocks, FFN width, vocabulary."""
+    h = config.num_attention_heads
+    d = config.hidden_size
+    d_head = getattr(config, "head_dim", None) or d // h
+    n_kv = getattr(config, "num_key_value_heads", None) or h
+    return ModelDims(L=L, d=d, d_ff=d_ff, h=h, GQA=n_kv, V=V, d_head=d_head)
 
-    def __init__(self, model: nn.Module, family: Family):
-        self.model = model
-        self.family = family
-        self.config = getattr(model.config, "text_config", None) or model.config
-        self.base = getattr(model, "base_model", model)
-        self.blocks: nn.ModuleList = _get(self.base, family.blocks)
-        c = self.config
-        h = c.num_attention_heads
-        d = c.hidden_size
-        d_head = getattr(c, "head_dim", None) or d // h
-        n_kv = getattr(c, "num_key_value_heads", None) or h
-        d_ff = _linear(_get(self.blocks[0], family.ffn_out)).shape[1]
-        V = self.embedding().shape[0]
-        self.dims = ModelDims(L=len(self.blocks), d=d, d_ff=d_ff, h=h, GQA=n_kv, V=V, d_head=d_head)
 
-    # --- identity -------------------------------------------------------------------------
+class WeightAdapter:
+    """The weight vocabulary shared by `ModelAdapter` (a loaded model) and `CheckpointAdapter`
+    (tensors read from a checkpoint): subclasses provide `dims`, `family`, `config`,
+    `attention(i)`, `ffn(i)`, `embedding()`, `unembedding()` and `unembedding_is_tied()`."""
+
+    family: Family
+    dims: ModelDims
+
     @property
     def name(self) -> str:
         return self.family.name
@@ -155,6 +167,60 @@ class ModelAdapter:
             raise IndexError(f"head {head} is out of range: this model has heads 0..{self.dims.h - 1}")
         return head
 
+    def _attention_weights(self, wq, wk, wv, wo, scale: float) -> AttentionWeights:
+        """Per-head views of the full (out, in) matrices; wo is (d, h * d_head)."""
+        _, d, _, h, n_kv, _, d_head = self.dims.as_dict().values()
+        return AttentionWeights(
+            q=wq.reshape(h, d_head, d),
+            k=wk.reshape(n_kv, d_head, d),
+            v=wv.reshape(n_kv, d_head, d),
+            o=wo.reshape(d, h, d_head).permute(1, 0, 2),
+            kv_head_of=torch.arange(h) // (h // n_kv),  # HF repeat_kv: query head i reads KV head i // group
+            scale=float(scale),
+        )
+
+    def named_matrices(self):
+        """Every stored matrix as it is stored (fused QKV unsplit, Conv1D untransposed), one at a
+        time: yields (layer (-1 outside the blocks), weight type, tensor name, tensor)."""
+        for layer in range(self.dims.L):
+            for weight, (name, tensor) in self._stored_block(layer).items():
+                yield layer, weight, name, tensor
+        yield -1, "embed", self._stored_name(self.family.embed), self.embedding()
+        if self.unembedding() is not None and not self.unembedding_is_tied():
+            yield -1, "unembed", self._unembed_stored_name(), self.unembedding()
+
+    def _unembed_stored_name(self) -> str:
+        return self.family.lm_head + ".weight"
+
+    def weight_matrices(self, layer: int) -> dict[str, torch.Tensor]:
+        """Full matrices of one block, (out, in) convention, keyed q, k, v, o, ffn_gate, ffn_in, ffn_out."""
+        a, f = self.attention(layer), self.ffn(layer)
+        h, d_head, d = a.q.shape
+        mats = {
+            "q": a.q.reshape(h * d_head, d),
+            "k": a.k.reshape(-1, d),
+            "v": a.v.reshape(-1, d),
+            "o": a.o.permute(1, 0, 2).reshape(d, h * d_head),
+        }
+        if f.w_gate is not None:
+            mats["ffn_gate"] = f.w_gate
+        mats["ffn_in"] = f.w_in
+        mats["ffn_out"] = f.w_out
+        return mats
+
+
+class ModelAdapter(WeightAdapter):
+    """Architecture-neutral access to a loaded HF model (see module docstring)."""
+
+    def __init__(self, model: nn.Module, family: Family):
+        self.model = model
+        self.family = family
+        self.config = getattr(model.config, "text_config", None) or model.config
+        self.base = getattr(model, "base_model", model)
+        self.blocks: nn.ModuleList = _get(self.base, family.blocks)
+        d_ff = _linear(_get(self.blocks[0], family.ffn_out)).shape[1]
+        self.dims = _dims(self.config, len(self.blocks), d_ff, V=self.embedding().shape[0])
+
     # --- weights --------------------------------------------------------------------------
     def block(self, layer: int) -> nn.Module:
         return self.blocks[self.check_layer(layer)]
@@ -163,20 +229,23 @@ class ModelAdapter:
         return _get(self.block(layer), self.family.attn_module)
 
     def attention(self, layer: int) -> AttentionWeights:
-        L_, d, _, h, n_kv, _, d_head = self.dims.as_dict().values()
+        dims = self.dims
         block = self.block(layer)
-        wq, wk, wv = self.family.qkv(block, h, n_kv, d_head)
-        wo = _linear(_get(block, self.family.o_proj))  # (d, h * d_head)
-        group = h // n_kv
-        scale = getattr(self.attention_module(layer), "scaling", None) or d_head**-0.5
-        return AttentionWeights(
-            q=wq.reshape(h, d_head, d),
-            k=wk.reshape(n_kv, d_head, d),
-            v=wv.reshape(n_kv, d_head, d),
-            o=wo.reshape(d, h, d_head).permute(1, 0, 2),
-            kv_head_of=torch.arange(h) // group,  # HF repeat_kv: query head i reads KV head i // group
-            scale=float(scale),
-        )
+        wq, wk, wv = self.family.split_qkv(tuple(_linear(_get(block, p)) for p in self.family.qkv),
+                                           dims.h, dims.GQA, dims.d_head)
+        scale = getattr(self.attention_module(layer), "scaling", None) or dims.d_head**-0.5
+        return self._attention_weights(wq, wk, wv, _linear(_get(block, self.family.o_proj)), scale)
+
+    def _stored_name(self, path: str) -> str:
+        prefix = getattr(self.model, "base_model_prefix", "") if self.base is not self.model else ""
+        return f"{prefix + '.' if prefix else ''}{path}.weight"
+
+    def _stored_block(self, layer: int) -> dict[str, tuple[str, torch.Tensor]]:
+        paths = self.family.block_paths(self.check_layer(layer))
+        modules = {k: _get(self.base, p) for k, p in paths.items() if k != "ffn_gate"}
+        if self._gate_module(layer) is not None:
+            modules["ffn_gate"] = self._gate_module(layer)
+        return {k: (self._stored_name(paths[k]), m.weight.detach()) for k, m in modules.items()}
 
     def _gate_module(self, layer: int) -> nn.Module | None:
         """The gate projection, or None for non-gated FFNs (also within a family, e.g. NanoGPT)."""
@@ -195,22 +264,6 @@ class ModelAdapter:
             w_gate=gate,
             w_out=_linear(_get(block, self.family.ffn_out)),
         )
-
-    def weight_matrices(self, layer: int) -> dict[str, torch.Tensor]:
-        """Full matrices of one block, (out, in) convention, keyed q, k, v, o, ffn_gate, ffn_in, ffn_out."""
-        a, f = self.attention(layer), self.ffn(layer)
-        h, d_head, d = a.q.shape
-        mats = {
-            "q": a.q.reshape(h * d_head, d),
-            "k": a.k.reshape(-1, d),
-            "v": a.v.reshape(-1, d),
-            "o": a.o.permute(1, 0, 2).reshape(d, h * d_head),
-        }
-        if f.w_gate is not None:
-            mats["ffn_gate"] = f.w_gate
-        mats["ffn_in"] = f.w_in
-        mats["ffn_out"] = f.w_out
-        return mats
 
     def embedding(self) -> torch.Tensor:
         """Token embedding matrix (V, d)."""
@@ -258,9 +311,126 @@ class ModelAdapter:
         return hidden if norm is None else norm(hidden)
 
 
+class CheckpointAdapter(WeightAdapter):
+    """The weight part of `ModelAdapter`, read tensor by tensor from a checkpoint's safetensors
+    (a `utils.tensor_store.TensorStore`) without instantiating the model.
+
+    Tensor names come from the family's module paths (+ ".weight") behind the checkpoint's
+    prefix, found from the first block's output projection. GPT-2's Conv1D tensors are
+    transposed to (out, in); fused QKV projections are split as in the loaded model; a tied
+    unembedding (config `tie_word_embeddings`, HF's default) is the embedding itself. Tensors
+    keep their stored dtype unless `dtype` is narrower (then they are rounded to it, as the
+    loaded model would be); every consumer works in float64. Nothing is cached: each call reads
+    what it returns, so memory is bounded by one block (or the embedding).
+    """
+
+    def __init__(self, store, config, family: Family, causal_lm: bool = True, dtype: torch.dtype | None = None):
+        self.store, self.family, self.dtype = store, family, dtype
+        self.top_config = config
+        self.config = getattr(config, "text_config", None) or config
+        self.causal_lm = causal_lm and family.causal_lm
+        self.prefix = self._find_prefix()
+        L = self.config.num_hidden_layers
+        d_ff = self._shape(family.block_paths(0)["ffn_out"])[1]
+        self.dims = _dims(self.config, L, d_ff, V=store.shape(self.embedding_name)[0])
+
+    def _find_prefix(self) -> str:
+        suffix = f"{self.family.block_paths(0)['o']}.weight"
+        prefixes = sorted((n[: -len(suffix)] for n in self.store.names if n == suffix or n.endswith("." + suffix)),
+                          key=len)
+        if not prefixes:
+            raise UnsupportedArchitectureError(
+                f"{self.store.directory}: no tensor named '{suffix}' (with any prefix): the checkpoint's tensor "
+                f"names do not follow the {self.family.name} layout in utils/adapters.py"
+            )
+        return prefixes[0]
+
+    # --- reading ----------------------------------------------------------------------------
+    def tensor_name(self, path: str) -> str:
+        """Checkpoint name of the weight of the module at `path` (relative to the base model)."""
+        return f"{self.prefix}{path}.weight"
+
+    def _shape(self, path: str) -> tuple[int, ...]:
+        shape = tuple(self.store.shape(self.tensor_name(path)))
+        return shape[::-1] if self.family.conv1d else shape
+
+    def _read(self, name: str) -> torch.Tensor:
+        t = self.store.get(name)
+        if self.dtype is not None and t.dtype != self.dtype and not _exact_in(t.dtype, self.dtype):
+            t = t.to(self.dtype)
+        return t
+
+    def _matrix(self, path: str) -> torch.Tensor:
+        """A block matrix as (out, in)."""
+        t = self._read(self.tensor_name(path))
+        return t.T if self.family.conv1d else t
+
+    # --- weights ----------------------------------------------------------------------------
+    def attention(self, layer: int) -> AttentionWeights:
+        paths, dims = self.family.block_paths(self.check_layer(layer)), self.dims
+        qkv = tuple(self._matrix(paths[k]) for k in (("qkv",) if "qkv" in paths else ("q", "k", "v")))
+        wq, wk, wv = self.family.split_qkv(qkv, dims.h, dims.GQA, dims.d_head)
+        scale = self.family.query_scale(self.config) or dims.d_head**-0.5
+        return self._attention_weights(wq, wk, wv, self._matrix(paths["o"]), scale)
+
+    def ffn(self, layer: int) -> FFNWeights:
+        paths = self.family.block_paths(self.check_layer(layer))
+        gate = paths.get("ffn_gate")
+        has_gate = gate is not None and self.tensor_name(gate) in self.store
+        return FFNWeights(w_in=self._matrix(paths["ffn_in"]), w_gate=self._matrix(gate) if has_gate else None,
+                          w_out=self._matrix(paths["ffn_out"]))
+
+    @property
+    def embedding_name(self) -> str:
+        return self.tensor_name(self.family.embed)
+
+    @property
+    def unembedding_name(self) -> str | None:
+        """Checkpoint name of the untied LM head; None for encoders and tied heads."""
+        if not self.causal_lm or self.unembedding_is_tied():
+            return None
+        leaf = f"{self.family.lm_head}.weight"
+        names = sorted((n for n in self.store.names if n == leaf or n.endswith("." + leaf)), key=len)
+        if not names:
+            raise UnsupportedArchitectureError(
+                f"{self.store.directory}: the config does not tie the unembedding to the embedding, but the "
+                f"checkpoint has no tensor '{leaf}'"
+            )
+        return names[0]
+
+    def embedding(self) -> torch.Tensor:
+        """Token embedding matrix (V, d)."""
+        return self._read(self.embedding_name)
+
+    def unembedding(self) -> torch.Tensor | None:
+        """Unembedding (V, d), or None for encoders."""
+        if not self.causal_lm:
+            return None
+        name = self.unembedding_name
+        return self.embedding() if name is None else self._read(name)
+
+    def unembedding_is_tied(self) -> bool:
+        return self.causal_lm and bool(getattr(self.top_config, "tie_word_embeddings", True))
+
+    def _stored_name(self, path: str) -> str:
+        return self.tensor_name(path)
+
+    def _unembed_stored_name(self) -> str:
+        return self.unembedding_name
+
+    def _stored_block(self, layer: int) -> dict[str, tuple[str, torch.Tensor]]:
+        names = {k: self.tensor_name(p) for k, p in self.family.block_paths(self.check_layer(layer)).items()}
+        return {k: (n, self._read(n)) for k, n in names.items() if n in self.store}
+
+
+def _exact_in(stored: torch.dtype, target: torch.dtype) -> bool:
+    """Whether every value of `stored` is exactly representable in `target` (no rounding needed)."""
+    return target in (torch.float32, torch.float64) and stored in (torch.float16, torch.bfloat16, torch.float32)
+
+
 _LLAMA_LIKE = dict(
     blocks="layers",
-    qkv=_separate_qkv("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     attn_module="self_attn",
     o_proj="self_attn.o_proj",
     ffn_in="mlp.up_proj",
@@ -273,26 +443,29 @@ _LLAMA_LIKE = dict(
 # The one table to extend for a new architecture: map its model_type(s) to attribute paths.
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama", "qwen2", "mistral", "qwen3", "smollm3"), **_LLAMA_LIKE),
-    Family("gemma3", ("gemma3_text", "gemma3", "gemma2", "gemma"), **_LLAMA_LIKE),
+    Family("gemma3", ("gemma3_text", "gemma3", "gemma2", "gemma"), **_LLAMA_LIKE,
+           query_scale=lambda c: getattr(c, "query_pre_attn_scalar", None) and c.query_pre_attn_scalar**-0.5),
     Family(
-        "gpt2", ("gpt2",), blocks="h", qkv=_gpt2_qkv, attn_module="attn", o_proj="attn.c_proj",
-        ffn_in="mlp.c_fc", ffn_gate=None, ffn_out="mlp.c_proj", embed="wte", final_norm="ln_f",
+        "gpt2", ("gpt2",), blocks="h", qkv=("attn.c_attn",), qkv_split=_gpt2_split, conv1d=True,
+        attn_module="attn", o_proj="attn.c_proj", ffn_in="mlp.c_fc", ffn_gate=None, ffn_out="mlp.c_proj",
+        embed="wte", final_norm="ln_f",
     ),
     Family(
-        "gpt_neox", ("gpt_neox",), blocks="layers", qkv=_neox_qkv, attn_module="attention",
+        "gpt_neox", ("gpt_neox",), blocks="layers", qkv=("attention.query_key_value",), qkv_split=_neox_split,
+        attn_module="attention", lm_head="embed_out",
         o_proj="attention.dense", ffn_in="mlp.dense_h_to_4h", ffn_gate=None, ffn_out="mlp.dense_4h_to_h",
         embed="embed_in", final_norm="final_layer_norm",
     ),
     Family(
         "bert", ("bert",), blocks="encoder.layer",
-        qkv=_separate_qkv("attention.self.query", "attention.self.key", "attention.self.value"),
+        qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
         attn_module="attention.self", o_proj="attention.output.dense", ffn_in="intermediate.dense",
         ffn_gate=None, ffn_out="output.dense", embed="embeddings.word_embeddings", final_norm=None,
         causal_lm=False,
     ),
     Family(
         "spectra_nanogpt", ("spectra_nanogpt",), blocks="layers",
-        qkv=_separate_qkv("attn.q_proj", "attn.k_proj", "attn.v_proj"), attn_module="attn",
+        qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"), attn_module="attn",
         o_proj="attn.o_proj", ffn_in="mlp.up_proj", ffn_gate="mlp.gate_proj", ffn_out="mlp.down_proj",
         embed="wte", final_norm="ln_f",
     ),
@@ -303,12 +476,12 @@ def supported_model_types() -> list[str]:
     return sorted({t for f in FAMILIES for t in f.model_types})
 
 
-def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The adapter for a loaded HF model; a clear error for an unsupported architecture."""
-    model_type = getattr(model.config, "model_type", None)
+def family_of(config) -> Family:
+    """The family of a config's model_type; a clear error for an unsupported architecture."""
+    model_type = getattr(config, "model_type", None)
     for family in FAMILIES:
         if model_type in family.model_types:
-            return ModelAdapter(model, family)
+            return family
     raise UnsupportedArchitectureError(
         f"architecture {model_type!r} is not supported. Supported model types: "
         f"{', '.join(supported_model_types())}. To add one, add a Family entry to FAMILIES "
@@ -316,7 +489,12 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
     )
 
 
+def get_adapter(model: nn.Module) -> ModelAdapter:
+    """The adapter for a loaded HF model; a clear error for an unsupported architecture."""
+    return ModelAdapter(model, family_of(model.config))
+
+
 def get_model_dims(model_or_adapter) -> dict:
     """Seed-compatible dims dict: L, d, d_ff, h, GQA (number of KV heads), V, d_head."""
-    adapter = model_or_adapter if isinstance(model_or_adapter, ModelAdapter) else get_adapter(model_or_adapter)
+    adapter = model_or_adapter if isinstance(model_or_adapter, WeightAdapter) else get_adapter(model_or_adapter)
     return adapter.dims.as_dict()

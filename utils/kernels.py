@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import AttentionWeights, ModelAdapter, get_adapter
+from .adapters import AttentionWeights, WeightAdapter, get_adapter
 from .spectra import effective_rank
 
 COMPLEX_RTOL = 1e-6  # an eigenvalue is complex when |Im lambda| > COMPLEX_RTOL * max |lambda|
@@ -163,7 +163,7 @@ def layer_metrics(attn: AttentionWeights, scaled: bool = True, rtol: float = COM
 def kernel_table(model_or_adapter, scaled: bool = True, rtol: float = COMPLEX_RTOL,
                  progress: bool = True) -> pd.DataFrame:
     """`layer_metrics` for every layer, with a `layer` column first: L * h rows."""
-    adapter = model_or_adapter if isinstance(model_or_adapter, ModelAdapter) else get_adapter(model_or_adapter)
+    adapter = model_or_adapter if isinstance(model_or_adapter, WeightAdapter) else get_adapter(model_or_adapter)
     frames = []
     for layer in tqdm(range(adapter.dims.L), desc="attention kernels", disable=not progress):
         df = layer_metrics(adapter.attention(layer), scaled=scaled, rtol=rtol)

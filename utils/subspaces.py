@@ -19,14 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .adapters import FFNWeights, ModelAdapter, get_adapter
+from .adapters import FFNWeights, WeightAdapter, get_adapter
 from .kernels import head_kernels
 
 SIDES = ("key", "query")
 
 
-def _adapter(model_or_adapter) -> ModelAdapter:
-    return model_or_adapter if isinstance(model_or_adapter, ModelAdapter) else get_adapter(model_or_adapter)
+def _adapter(model_or_adapter) -> WeightAdapter:
+    return model_or_adapter if isinstance(model_or_adapter, WeightAdapter) else get_adapter(model_or_adapter)
 
 
 def layer_subspaces(model_or_adapter, layer: int, k: int = 20, side: str = "key") -> torch.Tensor:

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .adapters import ModelAdapter
+from .adapters import WeightAdapter
 from .spectra import weight_metrics
 
 METRIC_COLUMNS = ["eff_rank", "stable_rank", "spectral_norm", "fro_norm", "alpha", "alpha_xmin", "mp_edge",
                   "mp_signal_ratio"]
 
 
-def weight_spectra(adapter: ModelAdapter, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+def weight_spectra(adapter: WeightAdapter, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Metrics of every block matrix plus the embedding and (untied) unembedding.
 
     Returns a table with one row per matrix: layer (-1 outside the blocks), weight, rows, cols,

@@ -17,7 +17,7 @@ TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidde
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
+def tokenizer_dir():
     """A byte-level BPE tokenizer saved to disk (no model download): SmolLM2's from the cache."""
     return synthetic._smollm2_tokenizer_dir()
 

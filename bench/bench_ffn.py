@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_ffn.py [--model smollm2-135m] [--tokens 8192] [--memory-mb 2048]
 
 - streaming: notebook 05's loop. `collect_activations(..., residual=False, cache=False)` over
-  groups of layers whose float64 accumulators (2 D_ff^2 8 bytes per layer) fit `--memory-mb`;
+  groups of layers whose float32 accumulators (2 D_ff^2 4 bytes per layer; per-batch centring,
+  Chan et al. merge) fit `--memory-mb` (`utils.activations.ffn_pass_plan`);
   eigenvalues per layer, accumulator freed at once. `--memory-mb 0` means one pass for all layers.
 - naive: NerVE's appendix recipe for a whole sample: hooks keep every layer's pre/post activations
   of all tokens (float32) in memory during one forward pass, then per layer torch.cov (float64)
@@ -76,8 +77,10 @@ def child(variant: str, model: str, tokens: int, seq_len: int, batch_size: int, 
     t0 = time.perf_counter()
     metrics, passes = [], 1
     if variant == "streaming":
-        budget = (memory_mb << 20) if memory_mb > 0 else 2 * d_ff * d_ff * 8 * L
-        per_pass = max(1, budget // (2 * d_ff * d_ff * 8))
+        from utils.activations import ffn_pass_plan
+
+        budget = (memory_mb << 20) if memory_mb > 0 else 2 * d_ff * d_ff * 4 * L
+        per_pass = ffn_pass_plan(L, d_ff, budget, "float32").layers_per_pass
         groups = [list(range(s, min(s + per_pass, L))) for s in range(0, L, per_pass)]
         passes = len(groups)
         for group in groups:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from utils import Report, load_model, output_dir, sample_tokens
-from utils.activations import collect_activations
+from utils.activations import collect_activations, default_ffn_budget, ffn_pass_plan
 from utils.plotting import save_figure, subplots
 from utils.report import save_npy, write_csv
 from utils.spectra import nerve_metrics, normalized
@@ -42,12 +42,13 @@ corpus: str = "stdlib-docs"  # "stdlib-docs" (offline), "file:<path or glob>", o
 n_sequences: int = 64  # token windows; 64 x 128 gives 8192 tokens, at least 4 per FFN dimension up to D_ff 2048
 seq_len: int = 128  # tokens per window
 seed: int = 0  # window choice
-skip_first: int = 1  # first positions of every window left out of the statistics (attention sinks with massive activations)
+skip_first: int = 1  # first positions of every window left out of the main statistics (attention sinks with massive activations); all-token metrics (NerVE's setting) are reported beside them from the same pass
 batch_size: int = 8  # windows per forward pass
 spectra_layers: list = []  # layers whose spectra are plotted (negative counts from the end); empty list: first, middle, last
-ffn_memory_mb: int = 2048  # budget for the float64 FFN accumulators held at once (2 D_ff^2 8 bytes per layer)
+ffn_memory_mb: int = 0  # budget for the FFN accumulators held at once (2 D_ff^2 4 bytes per layer in float32); 0: half the memory free after loading
+accumulator: str = "float32"  # FFN accumulator storage: "float32" (per-batch centring, Chan et al. merge) or "float64"
 majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
-rank_rtol: float = 1e-10  # numerical rank counts eigenvalues above this fraction of the largest
+rank_rtol: float = 1e-10  # numerical rank counts eigenvalues above this fraction of the largest (at least D_ff x the accumulator's machine epsilon)
 dominant_share: float = 0.5  # a spectrum is dominated by one direction when its top eigenvalue holds more than this share
 cache: bool = False  # cache the accumulators (utils.models.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
 
@@ -57,7 +58,7 @@ out = output_dir(loaded.params, "05_ffn_eigenspectrum", output_root)
 adapter = loaded.adapter
 L, d, d_ff = adapter.dims.L, adapter.dims.d, adapter.dims.d_ff
 for name, value, low in [("n_sequences", n_sequences, 1), ("seq_len", seq_len, 2), ("batch_size", batch_size, 1),
-                         ("ffn_memory_mb", ffn_memory_mb, 1)]:
+                         ("ffn_memory_mb", ffn_memory_mb, 0)]:
     if value < low:
         raise ValueError(f"parameter {name} must be >= {low}, got {value}")
 if not 0.0 <= majority < 1.0:
@@ -81,48 +82,76 @@ rank_deficient = n_tokens - 1 < d_ff
 if rank_deficient:
     warnings.warn(f"{n_tokens} tokens < D_ff + 1 = {d_ff + 1}: the covariances have rank <= {n_tokens - 1}, which caps "
                   f"SE at ln({n_tokens - 1}) and PR at {n_tokens - 1}; raise n_sequences or seq_len")
-per_layer_bytes = 2 * d_ff * d_ff * 8
-layers_per_pass = max(1, (ffn_memory_mb << 20) // per_layer_bytes)
-groups = [list(range(s, min(s + layers_per_pass, L))) for s in range(0, L, layers_per_pass)]
+n_all_tokens = n_sequences * seq_len  # NerVE's setting: every position
+if accumulator not in ("float32", "float64"):
+    raise ValueError(f"parameter accumulator must be 'float32' or 'float64', got {accumulator!r}")
+rank_floor = max(rank_rtol, d_ff * torch.finfo(getattr(torch, accumulator)).eps)  # below: accumulator rounding
+device = next(loaded.model.parameters()).device
+budget = (ffn_memory_mb << 20) or default_ffn_budget(device)
+plan = ffn_pass_plan(L, d_ff, budget, accumulator)
+groups = [list(range(s, min(s + plan.layers_per_pass, L))) for s in range(0, L, plan.layers_per_pass)]
+plan_3b = ffn_pass_plan(36, 11008, budget, accumulator)  # a Qwen2.5-3B shape at the same budget
 print(f"{loaded.params.name}: L={L}, d={d}, D_ff={d_ff}, gated={adapter.ffn(0).w_gate is not None}; "
-      f"{n_tokens} tokens of '{corpus}' ({n_tokens / d_ff:.1f} per FFN dimension); "
-      f"{len(groups)} pass(es) of <= {layers_per_pass} layers ({per_layer_bytes / 2**20:.0f} MiB per layer)")
+      f"{n_tokens} tokens of '{corpus}' ({n_tokens / d_ff:.1f} per FFN dimension); on {device}: {plan.describe()}")
+print(f"Qwen2.5-3B shape (L=36, D_ff=11008) at this budget: {plan_3b.describe()}")
 
 # %% [markdown]
 # ## 1. Pre/post-activation covariance spectra of every FFN
 # The activation engine streams the model over the windows and accumulates each FFN's pre- and
-# post-activation covariance in float64 (NerVE eq. 1), on the model's device. Layers go in groups
-# whose accumulators fit `ffn_memory_mb`; each group's eigenvalues (`eigvalsh`, values only) are
-# taken layer by layer and the accumulator freed at once, so peak memory stays O(D_ff^2)
-# whatever the depth (NerVE appendix F, Algorithm 1).
+# post-activation covariance (NerVE eq. 1) on the model's device: every batch is centred on its own
+# mean and merged exactly (Chan et al. 1979), so float32 storage keeps ~1e-6 relative accuracy at
+# half the memory of float64. Layers go in groups whose accumulators fit the budget; each group's
+# eigenvalues (`eigvalsh`, values only) are taken layer by layer and the accumulator freed at once
+# (NerVE appendix F, Algorithm 1).
+#
+# Sink positions. The first `skip_first` positions of every window stay out of the main statistics,
+# but their rows are kept (a few per window) and merged into the same accumulator after the
+# sink-free eigenvalues are taken: the all-token spectra NerVE uses come from the same forward pass.
 
 # %%
-rows, eig_pre, eig_post = [], np.zeros((L, d_ff)), np.zeros((L, d_ff))
-with tqdm(total=L, desc="FFN spectra") as bar:
+def layer_row(i: int, pre: np.ndarray, post: np.ndarray) -> dict:
+    return {"layer": i, **nerve_metrics(pre, post), "top1_pre": pre[0] / pre.sum(), "top1_post": post[0] / post.sum(),
+            "rank_pre": int((pre > rank_floor * pre[0]).sum()), "rank_post": int((post > rank_floor * post[0]).sum())}
+
+
+def metrics_table(rows: list, tokens_used: int) -> pd.DataFrame:
+    t = pd.DataFrame(rows)
+    t["pr_gain"] = t.pr_post / t.pr_pre
+    t["se_up"] = t.se_post > t.se_pre
+    t["pr_up"] = t.pr_post > t.pr_pre
+    t["eee_down"] = t.eee_post < t.eee_pre
+    t["holds"] = t.se_up & t.pr_up & t.eee_down
+    t["n_tokens"], t["d_ff"] = tokens_used, d_ff
+    return t[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain", "se_up",
+              "pr_up", "eee_down", "holds", "top1_pre", "top1_post", "rank_pre", "rank_post", "n_tokens", "d_ff"]]
+
+
+rows, rows_all, eig_pre, eig_post = [], [], np.zeros((L, d_ff)), np.zeros((L, d_ff))
+with tqdm(total=L, desc="FFN spectra", unit="layer") as bar:
     for group in groups:
         stats = collect_activations(loaded, tokens, residual=False, ffn_layers=group, batch_size=batch_size,
-                                    ffn_memory_bytes=ffn_memory_mb << 20, cache=cache, skip_first=skip_first)
+                                    ffn_memory_bytes=budget, cache=cache, skip_first=skip_first,
+                                    ffn_dtype=accumulator, keep_skipped=skip_first > 0)
         for i in group:
-            eig_pre[i] = stats.ffn_pre.pop(i).eigenvalues().cpu().numpy()
-            eig_post[i] = stats.ffn_post.pop(i).eigenvalues().cpu().numpy()
-            rows.append({"layer": i, **nerve_metrics(eig_pre[i], eig_post[i]),
-                         "top1_pre": eig_pre[i, 0] / eig_pre[i].sum(), "top1_post": eig_post[i, 0] / eig_post[i].sum(),
-                         "rank_pre": int((eig_pre[i] > rank_rtol * eig_pre[i, 0]).sum()),
-                         "rank_post": int((eig_post[i] > rank_rtol * eig_post[i, 0]).sum())})
+            acc_pre, acc_post = stats.ffn_pre.pop(i), stats.ffn_post.pop(i)
+            eig_pre[i] = acc_pre.eigenvalues().cpu().numpy()
+            eig_post[i] = acc_post.eigenvalues().cpu().numpy()
+            rows.append(layer_row(i, eig_pre[i], eig_post[i]))
+            if skip_first:  # all tokens: merge the sink rows into the same accumulators (exact)
+                acc_pre.update(stats.ffn_pre_skipped.pop(i))
+                acc_post.update(stats.ffn_post_skipped.pop(i))
+                rows_all.append(layer_row(i, acc_pre.eigenvalues().cpu().numpy(), acc_post.eigenvalues().cpu().numpy()))
+            else:
+                rows_all.append(rows[-1])
+            del acc_pre, acc_post
             bar.update()
         del stats
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-df = pd.DataFrame(rows)
-df["pr_gain"] = df.pr_post / df.pr_pre
-df["se_up"] = df.se_post > df.se_pre
-df["pr_up"] = df.pr_post > df.pr_pre
-df["eee_down"] = df.eee_post < df.eee_pre
-df["holds"] = df.se_up & df.pr_up & df.eee_down
-df["n_tokens"], df["d_ff"] = n_tokens, d_ff
-df = df[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain",
-         "se_up", "pr_up", "eee_down", "holds", "top1_pre", "top1_post", "rank_pre", "rank_post", "n_tokens", "d_ff"]]
+df = metrics_table(rows, n_tokens)  # sink-free: the main statistics
+df_all = metrics_table(rows_all, n_all_tokens)  # every position, as NerVE
 write_csv(df, out / "ffn_spectra.csv", float_format="%.10g")
+write_csv(df_all, out / "ffn_spectra_all_tokens.csv", float_format="%.10g")
 save_npy(eig_pre, out / "eigenvalues_pre.npy")
 save_npy(eig_post, out / "eigenvalues_post.npy")
 df
@@ -194,21 +223,33 @@ save_figure(fig, out / "spectra_selected_layers.png")
 # "holds overall" when it holds in more than `majority` of the layers.
 
 # %%
-counts = {"SE rises": int(df.se_up.sum()), "PR rises": int(df.pr_up.sum()), "EEE falls": int(df.eee_down.sum())}
+def nerve_verdict(t: pd.DataFrame) -> tuple[str, dict, dict]:
+    """HOLDS / HOLDS PARTLY / DOES NOT HOLD, per-trend layer counts, per-trend majority flags."""
+    c = {"SE rises": int(t.se_up.sum()), "PR rises": int(t.pr_up.sum()), "EEE falls": int(t.eee_down.sum())}
+    o = {name: k > majority * L for name, k in c.items()}
+    return ("HOLDS" if all(o.values()) else "HOLDS PARTLY" if any(o.values()) else "DOES NOT HOLD"), c, o
+
+
+verdict, counts, overall = nerve_verdict(df)
+verdict_all, counts_all, _ = nerve_verdict(df_all)
 n_all = int(df.holds.sum())
-overall = {name: c > majority * L for name, c in counts.items()}
-if all(overall.values()):
-    verdict = "HOLDS"
-elif any(overall.values()):
-    verdict = "HOLDS PARTLY"
-else:
-    verdict = "DOES NOT HOLD"
 failing = df.layer[~df.holds].tolist()
+flipped = df.layer[df.holds != df_all.holds].tolist()
 js_max = df.loc[df.js.idxmax()]
 median_gain = float(df.pr_gain.median())
 findings = [
     f"Verdict: NerVE's finding (the nonlinearity raises SE and PR and lowers EEE) {verdict} on "
-    f"{loaded.params.name}: all three trends together hold in {n_all} of {L} layers.",
+    f"{loaded.params.name}: all three trends together hold in {n_all} of {L} layers "
+    f"(sink-free: the first {skip_first} position(s) of every window left out, {n_tokens} tokens).",
+    f"Verdict on all {n_all_tokens} tokens (NerVE's setting, sink positions included, same forward pass): "
+    f"{verdict_all}; all three trends hold in {int(df_all.holds.sum())} of {L} layers ("
+    + "; ".join(f"{name} in {c}/{L}" for name, c in counts_all.items()) + "). "
+    + ("The sink positions do not change the verdict" if verdict_all == verdict else
+       f"The sink positions change the verdict ({verdict} without them, {verdict_all} with them)")
+    + (f"; the per-layer outcome differs in layer(s) {', '.join(map(str, flipped))}." if flipped
+       else "; no layer's outcome changes.")
+    + f" Median PR gain {df_all.pr_gain.median():.2f}x with them, {df.pr_gain.median():.2f}x without; largest "
+      f"post-activation top-eigenvalue share {df_all.top1_post.max():.1%} with them, {df.top1_post.max():.1%} without.",
     "Per trend: " + "; ".join(f"{name} in {c}/{L} layers ({'majority' if overall[name] else 'not a majority'})"
                               for name, c in counts.items()) + ".",
     (f"Layers where at least one trend fails: {', '.join(map(str, failing))}." if failing
@@ -237,7 +278,8 @@ findings.append(
     f"The pre-activation is a linear map of the d = {d} dimensional FFN input, so its covariance has rank <= "
     f"min(d, D_ff) = {min(d, d_ff)} (numerical rank measured: at most {int(df.rank_pre.max())}), capping SE_pre at "
     f"ln {min(d, d_ff)} = {math.log(min(d, d_ff)):.3f} and PR_pre at {min(d, d_ff)}; the post-activation reaches "
-    f"numerical rank {int(df.rank_post.min())}-{int(df.rank_post.max())} of {max_rank}. Part of any SE/PR rise is the "
+    f"numerical rank {int(df.rank_post.min())}-{int(df.rank_post.max())} of {max_rank} (eigenvalues above "
+    f"{rank_floor:.1e} of the largest). Part of any SE/PR rise is the "
     f"nonlinearity lifting this linear rank cap, as in NerVE's setting.")
 if rank_deficient:
     findings.append(f"Caution: {n_tokens} tokens < D_ff + 1, so every covariance has rank <= {n_tokens - 1}; "
@@ -250,15 +292,23 @@ report = Report(f"05 · FFN eigenspectrum — {loaded.params.name}")
 report.model_section(loaded)
 report.heading("Data").paragraph(
     f"Corpus `{corpus}`: {n_sequences} windows x {seq_len} tokens, the first {skip_first} position(s) of each "
-    f"left out of the statistics (attention sinks) = {n_tokens} tokens (seed {seed}), "
-    f"{n_tokens / d_ff:.1f} tokens per FFN dimension (D_ff = {d_ff}). Pre-activation: "
+    f"left out of the main statistics (attention sinks) = {n_tokens} tokens (seed {seed}), "
+    f"{n_tokens / d_ff:.1f} tokens per FFN dimension (D_ff = {d_ff}); the all-token metrics (NerVE's setting, "
+    f"{n_all_tokens} tokens, `ffn_spectra_all_tokens.csv`) merge the left-out rows into the same accumulators. "
+    f"Pre-activation: "
     f"{'gate projection output (gated FFN)' if adapter.ffn(0).w_gate is not None else 'input projection output'}; "
-    f"post-activation: input of the output projection. Covariances accumulated in float64 over all tokens, "
-    f"eigenvalues by eigvalsh; natural logarithms; JS rank-matched (NerVE eqs. 4-6); EEE normalised by its "
-    f"exact maximum (D-1)/2.")
+    f"post-activation: input of the output projection. Covariances accumulated in {accumulator} with per-batch "
+    f"centring merged exactly (Chan et al. 1979), eigenvalues by float64 eigvalsh; natural logarithms; JS "
+    f"rank-matched (NerVE eqs. 4-6).")
+report.heading("Passes and memory").paragraph(
+    f"On {device}: {plan.describe()}. A Qwen2.5-3B shape (L = 36, D_ff = 11008) at the same budget: "
+    f"{plan_3b.describe()}.")
 report.heading("Findings").bullets(findings)
 report.heading("Per layer").table(df[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post",
                                       "js", "pr_gain", "top1_post", "rank_pre", "rank_post", "holds"]], digits=4)
+report.heading("Per layer, all tokens (NerVE's setting)").table(
+    df_all[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain", "top1_post",
+            "holds"]], digits=4)
 report.figure(out / "metrics_by_depth.png", "SE, PR, EEE pre vs post, and PR gain, by layer")
 report.figure(out / "js_profile.png", "JS divergence between pre and post spectra by layer")
 report.figure(out / "spectra_selected_layers.png",

@@ -64,7 +64,7 @@ seq_len: int = 64  # tokens per training sequence
 lr: float = 2e-3  # peak AdamW learning rate (linear warmup, cosine decay to 10%)
 seed: int = 0  # seed of weights and data order
 log_every: int = 20  # spectral record every this many steps at batch size `batch_size` (scaled to equal tokens otherwise)
-eval_windows: int = 64  # held-out windows of seq_len tokens for eval loss and activation spectra
+eval_windows: int = 64  # held-out windows of seq_len tokens for eval loss and activation spectra (every position, as NerVE)
 grad_samples: int = 16  # sequences in the per-sample gradient matrix
 tail_window: list = [8, 64]  # rank window [start, stop) of the activation-spectrum power-law slope
 activations: list = ["gelu", "relu", "swiglu"]  # sweep (a)
@@ -291,7 +291,9 @@ findings = [
 report = Report(f"06 · Training dynamics: {model} output folder (models trained here)")
 report.heading("Setup").table({"corpus": corpus, "layers": L, "width": hidden_size, "FFN width": intermediate_size,
                                "norm": norm_placement, "positions": position_embedding, "steps (batch 16 equiv.)": steps,
-                               "seq_len": seq_len, "lr": lr, "seed": seed, "tokens per run": tokens_budget})
+                               "seq_len": seq_len, "lr": lr, "seed": seed, "tokens per run": tokens_budget,
+                               "tokens in the spectra": f"all {eval_windows} x {seq_len} positions of the held-out "
+                               "windows, position 0 included (NerVE's setting; notebook 05 also reports sink-free)"})
 report.heading("Findings").bullets(findings)
 report.heading("Activation sweep: Pearson r of layer-mean metric with eval loss").table(corr.reset_index(), digits=3)
 report.figure(out / "nerve_heatmaps_activation.png", "NerVE metrics, layers × logged steps, per activation")

@@ -209,3 +209,25 @@ def test_nerve_metrics_bundle():
     assert m["se_post"] == pytest.approx(math.log(10)) and m["pr_post"] == pytest.approx(10)
     assert m["eee_post"] == pytest.approx(0.0, abs=1e-12) and m["se_pre"] < m["se_post"]
     assert m["js"] == pytest.approx(js_divergence(pre, post))
+
+
+def test_lapack_threads_by_size_and_load(monkeypatch):
+    """One thread below the crossover or when no core is idle; every core above it otherwise;
+    the previous setting is restored."""
+    import os
+
+    import torch
+
+    from utils import spectra
+
+    cores = os.cpu_count() or 1
+    before = torch.get_num_threads()
+    monkeypatch.setattr(spectra, "_idle_cores", lambda: float(cores))
+    with spectra.lapack_threads(16, crossover=1024):
+        assert torch.get_num_threads() == 1
+    with spectra.lapack_threads(4096, crossover=1024):
+        assert torch.get_num_threads() == max(before, cores)
+    monkeypatch.setattr(spectra, "_idle_cores", lambda: 0.2)
+    with spectra.lapack_threads(4096, crossover=1024):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -17,7 +17,7 @@ TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidde
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
+def tokenizer_dir():
     """A byte-level BPE tokenizer saved to disk (no model download): SmolLM2's from the cache."""
     return synthetic._smollm2_tokenizer_dir()
 
@@ -125,3 +125,22 @@ def test_unknown_shape_and_family_are_refused():
         synthetic.shape_config("gpt-5")
     with pytest.raises(ValueError, match="not supported"):
         synthetic.tensor_specs({**TINY, "model_type": "gpt2"})
+
+
+def test_load_model_builds_a_synthetic_source_once(tmp_path, monkeypatch, tokenizer_dir):
+    """`kind: synthetic` writes the checkpoint into the cache on first use, then reuses it."""
+    from utils.models import load_model
+
+    monkeypatch.setitem(synthetic.SHAPES, "tiny-test", {**TINY, "tie_word_embeddings": True})
+    monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(synthetic, "_smollm2_tokenizer_dir", lambda: tokenizer_dir)
+    p = tmp_path / "tiny-synthetic.yaml"
+    p.write_text("source: {kind: synthetic, shape: tiny-test, seed: 5}\ndtype: float32\n")
+    loaded = load_model(str(p))
+    assert "tiny-test" in loaded.origin and loaded.dims.d_ff == 160 and loaded.dims.L == 3
+    written = list((tmp_path / "cache" / "synthetic").glob("tiny-test-seed5-*/model.safetensors.index.json"))
+    assert len(written) == 1
+    mtime = written[0].stat().st_mtime_ns
+    load_model(str(p))
+    assert written[0].stat().st_mtime_ns == mtime  # not rewritten
+    assert "lm_head.weight" not in json.loads(written[0].read_text())["weight_map"]  # tied

@@ -46,21 +46,31 @@ def single_threaded_lapack():
 
 
 # Matrix size from which a multi-threaded eigvalsh beats a single-threaded one on the reference
-# machine (2 cores, MKL; bench/bench_lapack.py measures it): below it one thread is faster, above it
-# every core is (n = 4096: 1.5x).
-LAPACK_THREADS_CROSSOVER = 1024
+# machine (2 cores, MKL; measured by bench/bench_lapack.py, see docs/benchmarks.md): below it one
+# thread is faster. Under load (other processes on the cores) MKL's threads are 3-10x slower at
+# every size measured, so the threads are used only while a core is idle.
+LAPACK_THREADS_CROSSOVER = 2048
+
+
+def _idle_cores() -> float:
+    """Cores not busy on average over the last minute (cpu count - 1-minute load average)."""
+    try:
+        return (os.cpu_count() or 1) - os.getloadavg()[0]
+    except OSError:
+        return 0.0
 
 
 @contextlib.contextmanager
 def lapack_threads(n: int, crossover: int | None = None):
-    """Threads for a dense n x n eigen/singular-value problem: one below the crossover, every core above.
+    """Threads for a dense n x n eigen/singular-value problem: every core for large n, else one.
 
-    Small problems run single-threaded (see `single_threaded_lapack`); for n >= `crossover`
-    (default LAPACK_THREADS_CROSSOVER) torch uses all `os.cpu_count()` cores (or the number the
-    caller already set, whichever is larger) for the duration of the block.
+    Every core (`os.cpu_count()`, or the number already set if larger) when n >= `crossover`
+    (default LAPACK_THREADS_CROSSOVER) and at least one core is idle (this process's own work
+    counts in the load, so an otherwise idle 2-core machine qualifies); one thread otherwise
+    (see `single_threaded_lapack`).
     """
     previous = torch.get_num_threads()
-    big = n >= (LAPACK_THREADS_CROSSOVER if crossover is None else crossover)
+    big = n >= (LAPACK_THREADS_CROSSOVER if crossover is None else crossover) and _idle_cores() >= 1.0
     torch.set_num_threads(max(previous, os.cpu_count() or 1) if big else 1)
     try:
         yield

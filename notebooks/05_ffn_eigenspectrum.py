@@ -129,7 +129,7 @@ df
 
 # %% [markdown]
 # ## 2. The metrics across depth, pre vs post
-# SE is bounded by ln D_ff (dotted), PR by D_ff, EEE lies in [0, 1]; PR gain = PR_post / PR_pre
+# SE is bounded by ln D_ff (dotted), PR by D_ff, EEE lies in [0, (D_ff - 1)/D_ff]; PR gain = PR_post / PR_pre
 # (above 1: the nonlinearity spreads variance over more directions).
 
 # %%
@@ -254,8 +254,8 @@ report.heading("Data").paragraph(
     f"{n_tokens / d_ff:.1f} tokens per FFN dimension (D_ff = {d_ff}). Pre-activation: "
     f"{'gate projection output (gated FFN)' if adapter.ffn(0).w_gate is not None else 'input projection output'}; "
     f"post-activation: input of the output projection. Covariances accumulated in float64 over all tokens, "
-    f"eigenvalues by eigvalsh; natural logarithms; JS rank-matched (NerVE eqs. 4-6); EEE normalised by its "
-    f"exact maximum (D-1)/2.")
+    f"eigenvalues by eigvalsh; natural logarithms; JS rank-matched (NerVE eqs. 4-6); EEE divided by D/2 as "
+    f"NerVE eq. (3) writes it (a rank-one spectrum gives (D-1)/D).")
 report.heading("Findings").bullets(findings)
 report.heading("Per layer").table(df[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post",
                                       "js", "pr_gain", "top1_post", "rank_pre", "rank_post", "holds"]], digits=4)

@@ -238,7 +238,7 @@ def test_nerve_closed_forms(D):
     one[0] = 5.0
     assert spectral_entropy(one) == pytest.approx(0.0)
     assert participation_ratio(one) == pytest.approx(1.0)
-    assert early_eigenvalue_enrichment(one) == pytest.approx(1.0)
+    assert early_eigenvalue_enrichment(one) == pytest.approx((D - 1) / D)  # eq. (3) divides by D/2
 
 
 def test_nerve_scale_invariance_and_order():
@@ -258,17 +258,19 @@ def test_eee_figure2_ordering():
         eigs = np.r_[np.ones(k), np.zeros(D - k)]
         values.append(early_eigenvalue_enrichment(eigs))
     assert all(a > b for a, b in zip(values, values[1:]))
-    # k of D equal eigenvalues: EEE = 1 - (k - 1) / (D - 1) exactly.
-    k = 77
-    assert early_eigenvalue_enrichment(np.r_[np.ones(k), np.zeros(D - k)]) == pytest.approx(1 - (k - 1) / (D - 1))
+    # k of D equal eigenvalues: sum_k (S_k - k/D) = (D - k)/2, so EEE = 1 - k/D exactly.
+    for k in (1, 77, D):
+        assert early_eigenvalue_enrichment(np.r_[np.ones(k), np.zeros(D - k)]) == pytest.approx(1 - k / D, abs=1e-12)
 
 
-def test_eee_matches_equation_3_up_to_exact_normaliser():
+def test_eee_matches_equation_3():
+    """NerVE eq. (3) as written: 2 * sum_k (S_k - k/D) / D, a plain loop."""
     eigs = np.sort(np.random.default_rng(5).exponential(size=50))[::-1]
     D = eigs.size
     p = eigs / eigs.sum()
     eq3 = 2.0 * sum(p[:k].sum() - k / D for k in range(1, D + 1)) / D
-    assert early_eigenvalue_enrichment(eigs) == pytest.approx(eq3 * D / (D - 1))
+    assert early_eigenvalue_enrichment(eigs) == pytest.approx(eq3, rel=1e-12)
+    assert early_eigenvalue_enrichment([4.0]) == 0.0  # D = 1: S_1 = 1/1
 
 
 def test_js_bounds_and_reference():

@@ -309,21 +309,19 @@ def participation_ratio(eigs) -> float:
 
 
 def early_eigenvalue_enrichment(eigs) -> float:
-    """EEE: mean gap between the cumulative share S_k of the top-k eigenvalues and the uniform
-    line k/D, normalised by its maximum (NerVE eq. 3 and the sentence before it).
+    """EEE: the summed gap between the cumulative share S_k of the top-k eigenvalues and the
+    uniform line k/D, divided by D/2, exactly as NerVE eq. (3) writes it:
 
-        EEE = sum_{k=1..D} (S_k - k/D) / ((D - 1) / 2)
+        EEE = sum_{k=1..D} (S_k - k/D) / (D / 2)
 
-    0 for a uniform spectrum, exactly 1 when one eigenvalue holds all variance. NerVE's eq. (3)
-    writes the maximum as D/2, its large-D limit; we divide by the exact maximum (D - 1)/2 so
-    that the closed forms hold at every D (the two differ by a factor D/(D-1)).
+    0 for a uniform spectrum; k equal eigenvalues of D (the rest zero) give 1 - k/D, so a
+    rank-one spectrum gives (D - 1)/D, not 1 (the paper's "maximal possible value" D/2 is the
+    large-D limit of the exact maximum (D - 1)/2). In [0, (D - 1)/D].
     """
     p = normalized(eigs)
     D = p.size
-    if D == 1:
-        return 0.0
     k = np.arange(1, D + 1)
-    return float((np.cumsum(p) - k / D).sum() / ((D - 1) / 2.0))
+    return float((np.cumsum(p) - k / D).sum() / (D / 2.0))
 
 
 def js_divergence(eigs_p, eigs_q, rank_matched: bool = True) -> float:

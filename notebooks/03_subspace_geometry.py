@@ -282,8 +282,7 @@ write_csv(verdicts, out / "verdicts.csv")
 findings = []
 for name, group in verdicts.groupby("experiment", sort=False):
     seed_row, all_row = group.iloc[0], group.iloc[1]
-    findings.append(f"{name[3:]}: on the seed's inputs ({seed_row.inputs}), {seed_row.detail}. "
-                    f"On {all_row.inputs}: {all_row.detail}.")
+    findings.append(f"{name[3:]}: on {seed_row.inputs}, {seed_row.detail}. On {all_row.inputs}, {all_row.detail}.")
 findings[1] += f" Reference layer: {reference_rule}."
 findings.append(
     f"Query side for comparison (all heads): off-diagonal mean {overlap.loc['off-diagonal mean', 'head mean, query']:.3f}, "
@@ -299,7 +298,7 @@ report.model_section(loaded, **{"subspace rank k": K, "chance k/d": chance, "hea
 report.heading("Findings").bullets(findings)
 report.heading("The seed's verdicts by inputs", level=3)
 report.paragraph("`verdicts.csv`; thresholds of `2.py`: overlap gap 0.05 and mean 0.7, trends +-0.3, alignment 0.7x and 1.5x chance.")
-report.table(verdicts.drop(columns="detail").map(fmt))
+report.table(verdicts.drop(columns="detail").assign(seed_inputs=verdicts.seed_inputs.map({True: "yes", False: "no"})).map(fmt))
 report.heading("Definitions and caveats")
 report.bullets([
     "Kernel A_h = W_Q_h^T W_K_h (factored, `utils.kernels`). Key side = top-k right singular vectors (row space of "

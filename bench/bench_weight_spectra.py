@@ -3,11 +3,13 @@
 Both variants start from the loaded model (load time excluded) and compute per-matrix spectral
 metrics for every attention and FFN matrix and the embedding:
 - ours: `utils.weights.weight_spectra` (one float64 Gram eigendecomposition per matrix; effective
-  rank, stable rank, spectral norm, power-law alpha with KS-optimal xmin, MP signal ratio);
-- WeightWatcher 0.7: `WeightWatcher(model).analyze()` (SVD per matrix, power-law fit through the
-  `powerlaw` package, its default metrics).
+  rank, stable rank, spectral norm, WeightWatcher's power-law alpha vectorised over xmin
+  candidates, rank slope, MP signal ratio);
+- WeightWatcher 0.7.7: `WeightWatcher(model).analyze()` (SVD per matrix, its own power-law fit
+  `WW_powerlaw.WWFit`, its default metrics).
 Each variant runs in its own child process, so peak RSS (ru_maxrss) is that variant's alone.
-The alphas of matrices both tools fitted are compared (median absolute difference).
+The alphas of the 210 block matrices are matched by layer and module name (Llama names) and
+compared: share of matrices within 1% and 5% of WeightWatcher's alpha, median relative difference.
 
     .venv/bin/python bench/bench_weight_spectra.py
 """
@@ -15,19 +17,24 @@ The alphas of matrices both tools fitted are compared (median absolute differenc
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
 import time
 
 MODEL = "smollm2-135m"
+LLAMA_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "ffn_gate",
+               "up_proj": "ffn_in", "down_proj": "ffn_out"}
 
 
 def ours(loaded) -> dict:
     from utils.weights import weight_spectra
 
     df, _ = weight_spectra(loaded.adapter, progress=False)
-    return {"n_matrices": len(df), "alpha_median": float(df.alpha.median())}
+    blocks = df[df.layer >= 0]
+    return {"n_matrices": len(df), "alpha_median": float(df.alpha.median()),
+            "alphas": {f"{r.layer}.{r.weight}": r.alpha for r in blocks.itertuples()}}
 
 
 def weightwatcher(loaded) -> dict:
@@ -37,12 +44,20 @@ def weightwatcher(loaded) -> dict:
 
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     details = ww.WeightWatcher(model=loaded.model).analyze()
-    return {"n_matrices": len(details), "alpha_median": float(details.alpha.median())}
+    alphas = {}
+    for row in details.itertuples():
+        found = re.search(r"layers\.(\d+)\.\w+\.(\w+)$", str(row.longname))
+        if found and found.group(2) in LLAMA_NAMES:
+            alphas[f"{found.group(1)}.{LLAMA_NAMES[found.group(2)]}"] = float(row.alpha)
+    return {"n_matrices": len(details), "alpha_median": float(details.alpha.median()), "alphas": alphas}
 
 
 def child(variant: str) -> None:
+    import torch
+
     from utils.models import load_model
 
+    torch.set_num_threads(1)  # both variants on one thread: MKL's threaded LAPACK is slower here
     loaded = load_model(MODEL)
     start = time.perf_counter()
     result = {"ours": ours, "weightwatcher": weightwatcher}[variant](loaded)
@@ -51,19 +66,33 @@ def child(variant: str) -> None:
     print(json.dumps({"variant": variant, "seconds": seconds, "peak_rss_mb": rss_mb, **result}))
 
 
+def agreement(a: dict, b: dict) -> dict:
+    """Relative differences |ours - ww| / ww over the matrices both fitted."""
+    import numpy as np
+
+    keys = sorted(set(a) & set(b))
+    rel = np.array([abs(a[k] - b[k]) / abs(b[k]) for k in keys])
+    return {"matched": len(keys), "within_1pct": float((rel <= 0.01).mean()), "within_5pct": float((rel <= 0.05).mean()),
+            "median_rel": float(np.median(rel)), "max_rel": float(rel.max())}
+
+
 def main() -> None:
     rows = []
     for variant in ("ours", "weightwatcher"):
         done = subprocess.run([sys.executable, __file__, variant], capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     a, b = rows
-    print(f"## Notebook 01 weight spectra vs WeightWatcher on {MODEL} (load excluded)\n")
+    print(f"## Notebook 01 weight spectra vs WeightWatcher on {MODEL} (load excluded, one thread)\n")
     print("| variant | matrices | seconds | peak RSS (MB) | median alpha |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['n_matrices']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['alpha_median']:.2f} |")
     print(f"\nspeed-up: {b['seconds'] / a['seconds']:.1f}x; peak memory ratio (ww / ours): "
           f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
+    agree = agreement(a["alphas"], b["alphas"])
+    print(f"\nalpha agreement on {agree['matched']} block matrices: {agree['within_1pct']:.1%} within 1%, "
+          f"{agree['within_5pct']:.1%} within 5%, median relative difference {agree['median_rel']:.2e}, "
+          f"largest {agree['max_rel']:.2e}")
 
 
 if __name__ == "__main__":

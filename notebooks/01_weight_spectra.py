@@ -15,8 +15,9 @@
 # # 01 · Weight spectra: how is each weight matrix's spectrum shaped, layer by layer?
 #
 # For every block and every weight type (Q, K, V, O, FFN gate/in/out) and for the embedding and
-# unembedding: effective rank (seed `1.py`), stable rank, spectral norm, the power-law exponent
-# alpha of the eigenvalues sigma^2 (fitted as WeightWatcher does) and the fraction of singular
+# unembedding: effective rank (seed `1.py`), stable rank, spectral norm, two exponents (the
+# power-law alpha of the eigenvalues sigma^2, WeightWatcher's number, and the rank slope of
+# sigma_k against k, the quantity the Prisma write-up calls alpha) and the fraction of singular
 # values above the Marchenko-Pastur noise edge (Prisma). Then the seed's statistics table,
 # encode/compute/decode phase analysis and sharpest transitions.
 
@@ -26,7 +27,8 @@ import pandas as pd
 
 from utils import Report, load_weights, output_dir, write_csv
 from utils.plotting import depth_colors, save_figure, subplots
-from utils.weights import phase_table, sharpest_transitions, weight_spectra, weight_type_statistics
+from utils.spectra import RANK_SLOPE_TOP_FRACTION
+from utils.weights import PRISMA_ALPHA_RANGE, phase_table, sharpest_transitions, weight_spectra, weight_type_statistics
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
@@ -73,20 +75,35 @@ save_figure(fig, out / "eff_rank_by_layer.png")
 stats
 
 # %% [markdown]
-# ## 3. Layer-wise spectral properties (Prisma): effective rank, stable rank, alpha, signal ratio
+# ## 3. Layer-wise spectral properties (Prisma): effective rank, stable rank, two exponents, signal ratio
+# `alpha`: WeightWatcher's power-law exponent of the density of the eigenvalues sigma^2 (equal to
+# `weightwatcher` 0.7.7 `analyze()`); `rank_slope`: b in sigma_k ~ k^-b over the upper half of the
+# ranks, the magnitude the Prisma write-up reports as alpha (0.25-0.35, grey band). Where sigma^2
+# has a power-law tail the two are tied by alpha = 1 + 1 / (2 b) (last panel, dashed curve).
 
 # %%
 panels = [("eff_rank", "effective rank"), ("stable_rank", "stable rank"),
-          ("alpha", "power-law alpha of sigma^2"), ("mp_signal_ratio", "fraction above MP edge")]
-fig, axes = subplots(2, 2, width=6.5, height=3.8)
+          ("alpha", "alpha (WeightWatcher) of sigma^2"), ("rank_slope", "rank slope b, sigma_k ~ k^-b"),
+          ("mp_signal_ratio", "fraction above MP edge")]
+fig, axes = subplots(2, 3, width=5.0, height=3.6)
 for ax, (col, label) in zip(axes.flat, panels):
     for wt in weight_types:
         sub = blocks[blocks.weight == wt].sort_values("layer")
         ax.plot(sub.layer, sub[col], marker=".", markersize=3, label=wt)
     if col == "alpha":
         ax.axhline(heavy_tail_alpha, color="gray", linestyle="--", linewidth=1)
+    if col == "rank_slope":
+        ax.axhspan(*PRISMA_ALPHA_RANGE, color="gray", alpha=0.2, label="Prisma's 'alpha'")
     ax.set_title(label)
     ax.set_xlabel("layer")
+ax = axes[1, 2]
+for wt in weight_types:
+    sub = blocks[blocks.weight == wt]
+    ax.scatter(sub.rank_slope, sub.alpha, s=8, label=wt)
+b_grid = np.linspace(max(blocks.rank_slope.min(), 0.05), blocks.rank_slope.max(), 100)
+ax.plot(b_grid, 1 + 1 / (2 * b_grid), color="gray", linestyle="--", linewidth=1, label="1 + 1/(2b)")
+ax.axvspan(*PRISMA_ALPHA_RANGE, color="gray", alpha=0.2)
+ax.set(title="alpha against rank slope", xlabel="rank slope b", ylabel="alpha (WeightWatcher)")
 axes[0, 0].legend(fontsize=7, ncol=2)
 fig.tight_layout()
 save_figure(fig, out / "layerwise_metrics.png")
@@ -135,13 +152,27 @@ relative = blocks.assign(rel=blocks.eff_rank / blocks.max_rank).groupby("weight"
 lowest, highest = relative.idxmin(), relative.idxmax()
 alphas = df.alpha.dropna()
 heavy = float((alphas < heavy_tail_alpha).mean()) if len(alphas) else float("nan")
+slopes = df.rank_slope.dropna()
+lo, hi = PRISMA_ALPHA_RANGE
+in_prisma = float(slopes.between(lo, hi).mean()) if len(slopes) else float("nan")
+slope_cv = blocks.groupby("weight", sort=False).rank_slope.agg(lambda v: v.std() / v.mean() if v.mean() else np.nan)
 u_shaped = phases[phases.trend == "U-shape"].weight.tolist()
 biggest = transitions.iloc[transitions["drop"].abs().argmax()] if len(transitions) else None
 findings = [
     f"Relative to its maximum rank, `{lowest}` is the most concentrated weight type (mean effective rank "
     f"{relative[lowest]:.1%} of the maximum) and `{highest}` the most spread out ({relative[highest]:.1%}).",
     f"{heavy:.0%} of the {len(alphas)} fitted matrices have alpha < {heavy_tail_alpha:g} (very heavy-tailed); "
-    f"median alpha {alphas.median():.2f} (range {alphas.min():.2f}-{alphas.max():.2f}).",
+    f"median alpha {alphas.median():.2f} (range {alphas.min():.2f}-{alphas.max():.2f}; WeightWatcher's alpha).",
+    f"Rank slope b (sigma_k ~ k^-b, ranks 1..r/2): median {slopes.median():.2f}, range {slopes.min():.2f}-"
+    f"{slopes.max():.2f} over {len(slopes)} matrices, beside Prisma's 'alpha' of {lo:g}-{hi:g}; {in_prisma:.0%} "
+    f"of matrices fall inside that range. Across layers b varies by a coefficient of variation of "
+    f"{slope_cv.min():.0%}-{slope_cv.max():.0%} per weight type.",
+    f"Prisma's claim 'all layers below the alpha = 2 boundary (heavy-tailed)' is a claim about WeightWatcher's "
+    f"alpha: here {heavy:.0%} of matrices are below {heavy_tail_alpha:g}, so it "
+    f"{'holds' if heavy == 1 else 'does not hold'} for this model. Its values 'about {lo:g}-{hi:g}, uniform "
+    f"across layers' can only be a rank slope (an MLE alpha of a density is always above 1): the rank slope "
+    f"tests them ({in_prisma:.0%} in range here). Both cannot describe one exponent: a power-law tail with rank "
+    f"slope {lo:g}-{hi:g} has alpha = 1 + 1/(2b) = {1 + 1 / (2 * hi):.2f}-{1 + 1 / (2 * lo):.2f}, above 2.",
     f"On average {df.mp_signal_ratio.mean():.1%} of singular values lie above the Marchenko-Pastur edge "
     f"(largest: `{df.loc[df.mp_signal_ratio.idxmax(), 'weight']}` at layer "
     f"{int(df.loc[df.mp_signal_ratio.idxmax(), 'layer'])}, {df.mp_signal_ratio.max():.1%}).",
@@ -161,12 +192,23 @@ report.heading("Findings").bullets(findings)
 report.heading("Effective rank statistics by weight type").table(stats, digits=4)
 report.figure(out / "eff_rank_by_layer.png", "Effective rank by layer and weight type")
 report.heading("Layer-wise spectral properties")
-report.paragraph("Stable rank = sum sigma^2 / max sigma^2. Alpha: continuous power-law MLE on the eigenvalues "
-                 "sigma^2 with xmin at minimal KS distance (Clauset et al. 2009; WeightWatcher). Signal ratio: "
-                 "fraction of singular values above the Marchenko-Pastur edge sigma (sqrt(rows) + sqrt(cols)).")
-report.figure(out / "layerwise_metrics.png", "Effective rank, stable rank, alpha and MP signal ratio by layer")
+report.bullets([
+    "Stable rank = sum sigma^2 / max sigma^2.",
+    "`alpha`: WeightWatcher's power-law exponent, equal to `weightwatcher` 0.7.7 `analyze()` with its defaults: "
+    "continuous MLE alpha = 1 + n / sum log(lambda_i / xmin) on the tail of the eigenvalues lambda = sigma^2 "
+    "(unnormalised, those above 1e-5), xmin chosen among all eigenvalues but the largest by the smallest "
+    "one-sided KS distance max_j |F(lambda_j) - j/n|; matrices with min(rows, cols) < 8 are skipped as WW does. "
+    "`alpha_xmin`, `alpha_ks`: the chosen xmin and KS distance.",
+    f"`rank_slope`: b = minus the least-squares slope of log sigma_k on log k over ranks k = 1..floor("
+    f"{RANK_SLOPE_TOP_FRACTION:g} r) (r = min(rows, cols); the lower ranks are left out, where sigma_k falls "
+    f"towards the hard edge). The Prisma write-up's 'alpha about {lo:g}-{hi:g}' has this magnitude; no MLE alpha "
+    "of an eigenvalue density is below 1. Over a power-law tail, alpha = 1 + 1/(2b) (Zipf).",
+    "Signal ratio: fraction of singular values above the Marchenko-Pastur edge sigma (sqrt(rows) + sqrt(cols)).",
+])
+report.figure(out / "layerwise_metrics.png", "Effective rank, stable rank, alpha, rank slope and MP signal ratio by layer; "
+              "alpha against rank slope")
 report.figure(out / "spectra_by_component.png", "Singular value spectra per component (linear and log-log)")
-extras = df[df.layer < 0][["weight", "rows", "cols", "eff_rank", "stable_rank", "alpha", "mp_signal_ratio"]]
+extras = df[df.layer < 0][["weight", "rows", "cols", "eff_rank", "stable_rank", "alpha", "rank_slope", "mp_signal_ratio"]]
 tied = " (the unembedding is tied to it)" if adapter.unembedding_is_tied() else ""
 report.heading("Embedding and unembedding").paragraph(f"Matrices outside the blocks{tied}:").table(extras)
 report.heading("Phases: early, middle and late thirds").table(phases)

@@ -17,7 +17,8 @@
 # Top-k singular subspaces of every head's attention kernel W_Q_h^T W_K_h (key side: right
 # singular vectors; query side: left), their overlap across layers (mean squared cosine of
 # principal angles), convergence towards a reference layer, and the share of the FFN input
-# weights' energy inside them. From seed `2.py`, for all heads and both sides.
+# weights' energy inside them. From seed `2.py`: its three verdicts on its own inputs (one head,
+# key side, W_gate) and, beside each, on all heads (and on gate and up projections stacked).
 
 # %%
 import matplotlib.pyplot as plt
@@ -31,8 +32,9 @@ from utils.kernels import kernel_table
 from utils.plotting import heatmap, save_figure, subplots
 from utils.report import fmt
 from utils.subspaces import (
-    SIDES, chance_similarity, choose_reference_layer, ffn_alignment, index_trend, layer_subspaces,
-    overlap_statistics, similarity_matrix,
+    SIDES, alignment_verdict, chance_similarity, choose_reference_layer, convergence_verdict,
+    ffn_alignment, index_trend, layer_subspaces, overlap_statistics, overlap_verdict, phase_boundaries,
+    similarity_matrix,
 )
 
 # %% tags=["parameters"]
@@ -86,11 +88,8 @@ distances = sorted({dist for dist in (1, 2, 3, 5, 10, 15, 20, L // 2) if 1 <= di
 by_distance = pd.DataFrame({"distance": distances, "pairs": [L - dist for dist in distances]})
 for name, S in matrices.items():
     by_distance[name] = [np.diag(S, dist).mean() for dist in distances]
-adjacent = np.diag(head_mean["key"], 1)  # adjacent[i] = sim(i, i + 1)
-drops = np.diff(adjacent)  # drops[i] = sim(i + 1, i + 2) - sim(i, i + 1)
-boundaries = pd.DataFrame({"boundary": [f"{i + 1}->{i + 2}" for i in np.argsort(drops)[:10]],
-                           "adjacent similarity": adjacent[np.argsort(drops)[:10] + 1],
-                           "change from previous pair": np.sort(drops)[:10]})
+boundaries = pd.concat([phase_boundaries(similarity["key"][head]).assign(inputs=f"head {head}, key (seed)"),
+                        phase_boundaries(head_mean["key"]).assign(inputs="head mean, key")], ignore_index=True)
 
 fig, axes = subplots(2, 2, width=5.0, height=4.2)
 for ax, (name, S) in zip(axes.flat, matrices.items()):
@@ -116,9 +115,10 @@ boundaries
 # `reference_layer = "auto"` takes the block with the lowest activation effective rank from
 # notebook 04 when its `activation_spectra.csv` exists (row `layer` i = residual stream after
 # block i, so block index i - 1; the embedding row 0 is skipped), otherwise the layer with the
-# lowest mean kernel effective rank over heads. Candidates leave at least 3 layers on each side
-# (when the model has 7 or more), so that convergence can be tested from both directions; layer 0
-# otherwise wins on kernel rank almost always. The seed hard-coded layer 33 of Qwen2.5-3B.
+# lowest mean kernel effective rank over heads. Candidates leave at least 2 layers on each side
+# (when the model has 5 or more), so that a trend can be measured on both sides; layer 0
+# otherwise wins on kernel rank almost always. The seed hard-coded layer 33 of Qwen2.5-3B (36
+# layers), which these candidates include.
 
 # %%
 kernels = kernel_table(adapter, progress=False)
@@ -243,56 +243,62 @@ layer_metrics
 
 # %% [markdown]
 # ## Findings
-# The three verdicts of `2.py`, with its thresholds, from the mean over all heads (key side).
+# The three verdicts of `2.py`, with its thresholds, first on the seed's own inputs (head `head`,
+# key side; W_gate, or W_in where the FFN has no gate), then on all heads (and, for the alignment,
+# the gate and up projections stacked). Each row of `verdicts.csv` names its inputs.
 
 # %%
-key_stats = overlap["head mean, key"]
-gap, off_mean = key_stats["adjacent - distant"], key_stats["off-diagonal mean"]
-if gap > 0.05:
-    verdict1 = (f"Subspace overlap: adjacent layers share more subspace ({key_stats['adjacent mean']:.3f}) than "
-                f"distant ones ({key_stats[f'distant (> {distant_gap} apart) mean']:.3f}; gap {gap:+.3f} > 0.05): "
-                "phase structure, nearby layers refine similar subspaces.")
-elif off_mean > 0.7:
-    verdict1 = f"Subspace overlap: uniformly high similarity (mean {off_mean:.3f} > 0.7): depth may be partly redundant."
-else:
-    verdict1 = (f"Subspace overlap: moderate similarity (off-diagonal mean {off_mean:.3f}, adjacent - distant "
-                f"{gap:+.3f}, chance k/d = {chance:.3f}): layers share some subspace but target distinct directions.")
-pre, post = convergence.loc["pre-reference trend r", "head mean"], convergence.loc["post-reference trend r", "head mean"]
-if np.isnan(pre) or np.isnan(post):
-    verdict2 = (f"Convergence to layer {ref}: not testable from both sides (pre r = {pre:+.3f}, post r = {post:+.3f}; "
-                "at least three layers are needed on each side).")
-elif pre > 0.3 and post < -0.3:
-    verdict2 = (f"Convergence to layer {ref}: it IS a convergence point; similarity rises towards it from both sides "
-                f"(pre r = {pre:+.3f}, post r = {post:+.3f}).")
-elif pre > 0.3:
-    verdict2 = (f"Convergence to layer {ref}: partial; similarity rises towards it from earlier layers (r = {pre:+.3f}) "
-                f"but not from later ones (r = {post:+.3f}).")
-else:
-    verdict2 = (f"Convergence to layer {ref}: no clear pattern (pre r = {pre:+.3f}, post r = {post:+.3f}); its low rank "
-                "looks like a local feature rather than a convergence point.")
-ratio = align_summary.loc["mean / chance", "key"]
-if ratio > 1.5:
-    verdict3 = f"FFN-attention alignment: coupled ({ratio:.2f}x chance > 1.5): FFN and attention share subspaces."
-elif ratio < 0.7:
-    verdict3 = f"FFN-attention alignment: avoidance ({ratio:.2f}x chance < 0.7): the FFN reads the orthogonal complement."
-else:
-    verdict3 = f"FFN-attention alignment: near chance ({ratio:.2f}x, between 0.7 and 1.5): no strong coupling or avoidance."
-findings = [
-    verdict1, verdict2 + f" Reference layer: {reference_rule}.", verdict3,
-    f"Query side for comparison: off-diagonal mean {overlap.loc['off-diagonal mean', 'head mean, query']:.3f}, "
-    f"adjacent - distant {overlap.loc['adjacent - distant', 'head mean, query']:+.3f}, FFN alignment "
-    f"{align_summary.loc['mean / chance', 'query']:.2f}x chance.",
-    f"Head {head} alone (key side): off-diagonal mean {overlap.loc['off-diagonal mean', f'head {head}, key']:.3f}, "
-    f"adjacent - distant {overlap.loc['adjacent - distant', f'head {head}, key']:+.3f}, pre/post trends "
-    f"{convergence.loc['pre-reference trend r', f'head {head}']:+.3f} / {convergence.loc['post-reference trend r', f'head {head}']:+.3f}.",
+gated = adapter.ffn(0).w_gate is not None
+seed_ffn, seed_col = ("W_gate", "alignment_gate") if gated else ("W_in (this FFN has no gate)", "alignment_in")
+all_ffn = "W_gate and W_in stacked" if gated else "W_in"
+key_rows = alignment[alignment.side == "key"]
+seed_ratio = key_rows[key_rows["head"] == head][seed_col].mean() / chance  # mean over layers, as the seed
+all_ratio = key_rows.alignment.mean() / chance  # mean over layers and heads
+experiments = [
+    ("1. Subspace overlap", f"head {head}, key side (seed)", True, overlap_verdict(overlap[f"head {head}, key"], chance),
+     overlap[f"head {head}, key"], None),
+    ("1. Subspace overlap", f"mean over all {h} heads, key side", False, overlap_verdict(overlap["head mean, key"], chance),
+     overlap["head mean, key"], None),
+    (f"2. Convergence to layer {ref}", f"head {head}, key side (seed)", True,
+     convergence_verdict(*convergence[f"head {head}"][["pre-reference trend r", "post-reference trend r"]]),
+     convergence[f"head {head}"], None),
+    (f"2. Convergence to layer {ref}", f"mean over all {h} heads, key side", False,
+     convergence_verdict(*convergence["head mean"][["pre-reference trend r", "post-reference trend r"]]),
+     convergence["head mean"], None),
+    ("3. FFN-attention alignment", f"{seed_ffn}, head {head}, key side (seed)", True, alignment_verdict(seed_ratio),
+     None, seed_ratio),
+    ("3. FFN-attention alignment", f"{all_ffn}, all {h} heads, key side", False, alignment_verdict(all_ratio),
+     None, all_ratio),
 ]
+verdicts = pd.DataFrame([{
+    "experiment": name, "inputs": inputs, "seed_inputs": seed, "verdict": verdict,
+    "adjacent_minus_distant": stats["adjacent - distant"] if name.startswith("1.") else np.nan,
+    "off_diagonal_mean": stats["off-diagonal mean"] if name.startswith("1.") else np.nan,
+    "pre_trend_r": stats["pre-reference trend r"] if name.startswith("2.") else np.nan,
+    "post_trend_r": stats["post-reference trend r"] if name.startswith("2.") else np.nan,
+    "alignment_over_chance": ratio if ratio is not None else np.nan, "detail": detail,
+} for name, inputs, seed, (verdict, detail), stats, ratio in experiments])
+write_csv(verdicts, out / "verdicts.csv")
+findings = []
+for name, group in verdicts.groupby("experiment", sort=False):
+    seed_row, all_row = group.iloc[0], group.iloc[1]
+    findings.append(f"{name[3:]}: on {seed_row.inputs}, {seed_row.detail}. On {all_row.inputs}, {all_row.detail}.")
+findings[1] += f" Reference layer: {reference_rule}."
+findings.append(
+    f"Query side for comparison (all heads): off-diagonal mean {overlap.loc['off-diagonal mean', 'head mean, query']:.3f}, "
+    f"adjacent - distant {overlap.loc['adjacent - distant', 'head mean, query']:+.3f}, FFN alignment "
+    f"{align_summary.loc['mean / chance', 'query']:.2f}x chance.")
 for line in findings:
     print("-", line)
+verdicts[["experiment", "inputs", "verdict"]]
 
 # %%
 report = Report(f"03 · Subspace geometry — {loaded.params.name}")
 report.model_section(loaded, **{"subspace rank k": K, "chance k/d": chance, "head": head})
 report.heading("Findings").bullets(findings)
+report.heading("The seed's verdicts by inputs", level=3)
+report.paragraph("`verdicts.csv`; thresholds of `2.py`: overlap gap 0.05 and mean 0.7, trends +-0.3, alignment 0.7x and 1.5x chance.")
+report.table(verdicts.drop(columns="detail").assign(seed_inputs=verdicts.seed_inputs.map({True: "yes", False: "no"})).map(fmt))
 report.heading("Definitions and caveats")
 report.bullets([
     "Kernel A_h = W_Q_h^T W_K_h (factored, `utils.kernels`). Key side = top-k right singular vectors (row space of "
@@ -308,7 +314,7 @@ report.table(overlap.reset_index(names="statistic"))
 report.figure(out / "subspace_overlap.png", "Subspace similarity between layers, one head and the mean over heads")
 report.heading("Similarity by layer distance", level=3).table(by_distance)
 report.figure(out / "similarity_by_distance.png", "Mean similarity against layer distance")
-report.heading("Phase boundaries (largest drops in adjacent similarity, head mean, key side)", level=3)
+report.heading(f"Phase boundaries (largest drops in adjacent similarity; head {head} as the seed, and head mean; key side)", level=3)
 if len(boundaries):
     report.table(boundaries)
 else:
@@ -318,7 +324,9 @@ report.paragraph(f"Reference layer {ref}: {reference_rule}. Per-layer values: `s
 report.table(convergence.reset_index(names="statistic"))
 report.figure(out / "similarity_to_reference.png", f"Similarity to layer {ref}")
 report.heading("3. FFN-attention alignment")
-report.paragraph("Per layer, head and side: `ffn_attn_alignment.csv` (`alignment` = gate and up stacked).")
+report.paragraph("Per layer, head and side: `ffn_attn_alignment.csv` (`alignment` = gate and up stacked, "
+                 "`alignment_gate` = W_gate alone, the seed's input, `alignment_in` = W_in alone). The table "
+                 "summarises `alignment` over all heads.")
 report.table(align_summary.map(fmt).reset_index(names="statistic"))
 report.figure(out / "ffn_attn_alignment.png", "FFN input energy inside the attention subspaces")
 report.heading("4. Cross-reference with weight effective ranks (notebook 01)")

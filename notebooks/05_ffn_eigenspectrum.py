@@ -158,7 +158,7 @@ df
 
 # %% [markdown]
 # ## 2. The metrics across depth, pre vs post
-# SE is bounded by ln D_ff (dotted), PR by D_ff, EEE lies in [0, 1]; PR gain = PR_post / PR_pre
+# SE is bounded by ln D_ff (dotted), PR by D_ff, EEE lies in [0, (D_ff - 1)/D_ff]; PR gain = PR_post / PR_pre
 # (above 1: the nonlinearity spreads variance over more directions).
 
 # %%
@@ -299,7 +299,8 @@ report.heading("Data").paragraph(
     f"{'gate projection output (gated FFN)' if adapter.ffn(0).w_gate is not None else 'input projection output'}; "
     f"post-activation: input of the output projection. Covariances accumulated in {accumulator} with per-batch "
     f"centring merged exactly (Chan et al. 1979), eigenvalues by float64 eigvalsh; natural logarithms; JS "
-    f"rank-matched (NerVE eqs. 4-6).")
+    f"rank-matched (NerVE eqs. 4-6); EEE divided by D/2 as "
+    f"NerVE eq. (3) writes it (a rank-one spectrum gives (D-1)/D).")
 report.heading("Passes and memory").paragraph(
     f"On {device}: {plan.describe()}. A Qwen2.5-3B shape (L = 36, D_ff = 11008) at the same budget: "
     f"{plan_3b.describe()}.")

@@ -82,7 +82,7 @@ summary
 
 # %%
 panels = [("rel_eff_rank", "effective rank / max rank"), ("stable_rank", "stable rank"),
-          ("alpha", "power-law alpha"), ("mp_signal_ratio", "fraction above MP edge")]
+          ("alpha", "power-law alpha (WeightWatcher)"), ("mp_signal_ratio", "fraction above MP edge")]
 bins = max(1, min(depth_bins, int(summary.layers.min())))  # no empty bins for the shallowest model
 profiles = {value: depth_profile(comparison, value, bins) for value, _ in panels}
 fig, axes = subplots(2, 2, width=6.0, height=3.6)
@@ -161,7 +161,7 @@ if len(summary) > 1:
     findings.append(f"`{hi.model}` uses the most of its weights' available rank (mean effective rank "
                     f"{hi.rel_eff_rank:.1%} of the maximum), `{lo.model}` the least ({lo.rel_eff_rank:.1%}).")
     ta, tb = summary.loc[summary.alpha_median.idxmin()], summary.loc[summary.alpha_median.idxmax()]
-    findings.append(f"Heaviest-tailed spectra: `{ta.model}` (median alpha {ta.alpha_median:.2f}, "
+    findings.append(f"Heaviest-tailed spectra: `{ta.model}` (median WeightWatcher alpha {ta.alpha_median:.2f}, "
                     f"{ta.heavy_tailed:.0%} of matrices below {heavy_tail_alpha:g}); lightest: `{tb.model}` "
                     f"(median alpha {tb.alpha_median:.2f}).")
     sa = summary.loc[summary.mp_signal_ratio.idxmax()]

@@ -16,7 +16,8 @@ from .conftest import tiny_model_ids, tiny_models
 def test_notebook_01(run_notebook, path):
     out = run_notebook("01_weight_spectra", path)
     df = pd.read_csv(out / "weight_spectra.csv")
-    for col in ["layer", "weight", "rows", "cols", "eff_rank", "stable_rank", "alpha", "mp_signal_ratio"]:
+    for col in ["layer", "weight", "rows", "cols", "eff_rank", "stable_rank", "alpha", "alpha_xmin", "alpha_ks",
+                "rank_slope", "mp_signal_ratio"]:
         assert col in df.columns
     adapter = load_model(path).adapter
     types = list(adapter.weight_matrices(0))
@@ -29,8 +30,11 @@ def test_notebook_01(run_notebook, path):
     assert (df.stable_rank >= 1 - 1e-9).all() and (df.stable_rank <= np.minimum(df.rows, df.cols) + 1e-6).all()
     assert df.mp_signal_ratio.between(0, 1).all()
     assert (df.alpha.dropna() > 1).all()
+    assert np.isfinite(df.rank_slope).all() and (df.rank_slope > 0).all()
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "random init" in report
+    assert f"median {df.rank_slope.median():.2f}, range {df.rank_slope.min():.2f}-{df.rank_slope.max():.2f}" in report
+    assert "Prisma's 'alpha' of 0.25-0.35" in report and "`weightwatcher` 0.7.7" in report
     for fig in ("eff_rank_by_layer.png", "layerwise_metrics.png", "spectra_by_component.png"):
         assert (out / fig).stat().st_size > 1000
     assert (out / "01_weight_spectra.ipynb").exists()

@@ -44,7 +44,7 @@ def test_notebook_03(run_notebook, params):
     assert len(ref) == dims.L and ref["head mean"].between(0, 1 + 1e-9).all()
     # "auto" without notebook 04's CSV: the layer of lowest mean kernel effective rank
     means = kernel_table(loaded.adapter, progress=False).groupby("layer").eff_rank.mean()
-    candidates = means.index[3:-3] if dims.L >= 7 else means.index  # >= 3 layers on each side
+    candidates = means.index[2:-2] if dims.L >= 5 else means.index  # >= 2 layers on each side
     expected = int(means[candidates].idxmin())
     report = (out / "report.md").read_text()
     assert f"## 2. Convergence to layer {expected}" in report
@@ -53,6 +53,43 @@ def test_notebook_03(run_notebook, params):
         assert verdict in report
     key = al[al.side == "key"]
     assert f"{key.alignment.mean() / (K / dims.d):.2f}x" in report
+    check_verdicts(out, al, loaded, expected, report)
+
+
+def check_verdicts(out, al, loaded, ref: int, report: str, head: int = 0):
+    """verdicts.csv: each of the seed's experiments on its inputs (head `head`, key side, W_gate) and
+    on all heads, recomputed here from the notebook's other outputs with the seed's thresholds."""
+    dims, chance = loaded.dims, al.chance.iloc[0]
+    v = pd.read_csv(out / "verdicts.csv")
+    assert len(v) == 6 and v.seed_inputs.tolist() == [True, False] * 3
+    assert all(f"head {head}, key side (seed)" in x for x in v.inputs[v.seed_inputs])
+    # 1. overlap on head `head`'s similarity matrix: adjacent mean - distant mean
+    S = np.load(out / f"subspace_similarity_head{head}.npy")
+    i, j = np.indices(S.shape)
+    far = S[np.abs(i - j) > dims.L // 3]
+    gap = np.diag(S, 1).mean() - far.mean() if far.size else np.nan
+    np.testing.assert_allclose(v.adjacent_minus_distant[0], gap, rtol=1e-5, atol=1e-6, equal_nan=True)  # CSV: 6 digits
+    # 2. trends of the similarity to the reference, seed head and head mean
+    sims = pd.read_csv(out / "similarity_to_reference.csv")
+    for row, col in ((2, f"head {head}"), (3, "head mean")):
+        before, after = sims[col].to_numpy()[:ref], sims[col].to_numpy()[ref + 1:]
+        pre = np.corrcoef(np.arange(before.size), before)[0, 1] if before.size > 1 else np.nan
+        post = np.corrcoef(np.arange(after.size), after)[0, 1] if after.size > 1 else np.nan
+        np.testing.assert_allclose(v.loc[row, ["pre_trend_r", "post_trend_r"]].to_numpy(float), [pre, post], rtol=1e-5,
+                                   atol=1e-6, equal_nan=True)
+        expected = ("not testable" if np.isnan(pre) or np.isnan(post) else "convergence point" if pre > 0.3 and post < -0.3
+                    else "partial" if pre > 0.3 else "no clear pattern")
+        assert v.verdict[row] == expected
+    # 3. the seed's W_gate (W_in without a gate) on head `head`, and the stacked matrix on all heads
+    key = al[al.side == "key"]
+    seed_col = "alignment_gate" if loaded.adapter.ffn(0).gated else "alignment_in"
+    ratios = [key[key["head"] == head][seed_col].mean() / chance, key.alignment.mean() / chance]
+    np.testing.assert_allclose(v.alignment_over_chance[4:].to_numpy(float), ratios, rtol=1e-5)
+    for row, r in zip((4, 5), ratios):
+        assert v.verdict[row] == ("coupled" if r > 1.5 else "avoidance" if r < 0.7 else "near chance")
+    assert v.inputs[4].startswith("W_gate" if loaded.adapter.ffn(0).gated else "W_in")
+    for inputs in v.inputs:
+        assert inputs in report
 
 
 def test_notebook_03_uses_other_notebooks_outputs(tmp_path):
@@ -82,5 +119,6 @@ def test_notebook_03_uses_other_notebooks_outputs(tmp_path):
     assert f"clipped to d_head = {loaded.dims.d_head}" in report
     assert "Pearson r over layers" in report and "make MODEL=" not in report
     check_similarity(np.load(out / "subspace_similarity_head1.npy"), L)
+    check_verdicts(out, pd.read_csv(out / "ffn_attn_alignment.csv"), loaded, 1, report, head=1)
     al = pd.read_csv(out / "ffn_attn_alignment.csv")
     np.testing.assert_allclose(al.chance, loaded.dims.d_head / loaded.dims.d)

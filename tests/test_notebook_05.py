@@ -54,7 +54,7 @@ def reference_metrics(pre: torch.Tensor, post: torch.Tensor) -> dict:
 
     def eee(p):
         D = p.size
-        return float((np.cumsum(p) - np.arange(1, D + 1) / D).sum() / ((D - 1) / 2))
+        return float((np.cumsum(p) - np.arange(1, D + 1) / D).sum() / (D / 2))  # NerVE eq. (3)
 
     def js(p, q):
         m = (p + q) / 2

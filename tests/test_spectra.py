@@ -18,6 +18,7 @@ from utils.spectra import (
     mp_signal_ratio,
     participation_ratio,
     power_law_slope,
+    rank_slope,
     singular_values,
     spectral_entropy,
     stable_rank,
@@ -90,21 +91,119 @@ def test_power_law_recovers_pareto_exponent(alpha):
     assert fit.ks_distance < 0.05
 
 
-def test_power_law_matches_brute_force_reference():
-    x = np.sort(np.random.default_rng(2).lognormal(size=300))
+def _one_sided_reference(x: np.ndarray) -> tuple[float, float]:
+    """Straightforward loop over WeightWatcher's candidates (every eigenvalue but the largest) with
+    its one-sided KS distance; returns (alpha, D) of the first minimal D."""
+    x = np.sort(x)
     best = (np.inf, None)
-    for xmin in x[:-10]:
-        tail = x[x >= xmin]
-        a = 1 + tail.size / np.log(tail / xmin).sum()
-        cdf = 1 - (tail / xmin) ** (1 - a)
-        emp_lo, emp_hi = np.arange(tail.size) / tail.size, np.arange(1, tail.size + 1) / tail.size
-        ks = max(np.abs(cdf - emp_lo).max(), np.abs(cdf - emp_hi).max())
+    for i in range(x.size - 1):
+        tail = x[i:]
+        a = 1 + tail.size / np.log(tail / x[i]).sum()
+        ks = np.abs(1 - (tail / x[i]) ** (1 - a) - np.arange(tail.size) / tail.size).max()
         if ks < best[0]:
             best = (ks, a)
+    return best[1], best[0]
+
+
+def test_power_law_matches_brute_force_reference():
+    x = np.random.default_rng(2).lognormal(size=300)
+    alpha, ks = _one_sided_reference(x)
     fit = fit_power_law(x)
-    assert fit.ks_distance == pytest.approx(best[0])
-    assert fit.alpha == pytest.approx(best[1])
+    assert fit.ks_distance == pytest.approx(ks, rel=1e-10)
+    assert fit.alpha == pytest.approx(alpha, rel=1e-10)
     assert fit_power_law(7.0 * x).alpha == pytest.approx(fit.alpha)  # scale invariant
+    assert fit_power_law(rng.permutation(x)).alpha == fit.alpha  # order of the input is irrelevant
+
+
+@pytest.mark.parametrize("n, seed", [(12, 0), (19, 1), (20, 2), (64, 3), (600, 4), (3000, 5)])
+def test_power_law_equals_weightwatcher_wwfit(n, seed):
+    """The fit itself against weightwatcher's WWFit (small-N path below 20 eigenvalues)."""
+    ww_powerlaw = pytest.importorskip("weightwatcher.WW_powerlaw")
+    g = np.random.default_rng(seed)
+    x = np.linalg.svd(g.standard_t(3, size=(n + 40, n)), compute_uv=False) ** 2
+    ref = ww_powerlaw.WWFit(np.sort(x))
+    fit = fit_power_law(x)
+    assert fit.alpha == pytest.approx(ref.alpha, rel=1e-10)
+    assert fit.xmin == ref.xmin and fit.ks_distance == pytest.approx(ref.D, rel=1e-10)
+
+
+def test_power_law_drops_eigenvalues_at_weightwatchers_threshold():
+    x = np.random.default_rng(6).lognormal(size=200)
+    with_zeros = np.concatenate([x, np.zeros(30), np.full(5, 1e-6)])
+    assert fit_power_law(with_zeros).alpha == fit_power_law(x).alpha
+    with pytest.raises(ValueError, match="at least 2 eigenvalues"):
+        fit_power_law(np.array([1.0, 0.0, 1e-7]))
+
+
+def _ww_analyze(model: torch.nn.Module):
+    ww = pytest.importorskip("weightwatcher")
+    import logging
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    return ww.WeightWatcher(model=model).analyze()
+
+
+def test_weight_metrics_alpha_equals_weightwatcher_analyze():
+    """weight_metrics' alpha against WW's analyze() on a torch model of heavy-tailed matrices of
+    several shapes, including fewer than 20 eigenvalues (small-N path) and fewer than 8 (skipped)."""
+    torch.manual_seed(7)  # StudentT samples from the global generator
+    shapes = [(300, 120), (64, 256), (40, 15), (9, 30), (50, 6)]
+    layers = []
+    for rows, cols in shapes:
+        layer = torch.nn.Linear(cols, rows, bias=False)
+        t = torch.distributions.StudentT(torch.tensor(2.5)).sample((rows, cols))
+        layer.weight.data = t.float()
+        layers.append(layer)
+    details = _ww_analyze(torch.nn.Sequential(*layers))
+    ours = [weight_metrics(layer.weight)["alpha"] for layer in layers]
+    assert len(details) == 4 and np.isnan(ours[-1])  # (50, 6): WW's min_evals = 8 skips it
+    np.testing.assert_allclose(ours[:4], details.alpha.to_numpy(dtype=float), rtol=1e-6)
+
+
+def test_weight_metrics_alpha_equals_weightwatcher_on_smollm2():
+    """Real weights: a few SmolLM2-135M matrices of every shape, as torch Linear layers for WW."""
+    from utils import load_model
+
+    adapter = load_model("smollm2-135m").adapter
+    mats = [adapter.weight_matrices(layer)[name] for layer, name in [(0, "q"), (5, "k"), (12, "ffn_gate"), (29, "ffn_out")]]
+    layers = []
+    for W in mats:
+        layer = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
+        layer.weight.data = W.detach().float().clone()
+        layers.append(layer)
+    details = _ww_analyze(torch.nn.Sequential(*layers))
+    ours = [weight_metrics(W)["alpha"] for W in mats]
+    np.testing.assert_allclose(ours, details.alpha.to_numpy(dtype=float), rtol=1e-6)
+
+
+# --- rank slope (Prisma's exponent) -------------------------------------------------------------
+
+@pytest.mark.parametrize("b", [0.3, 1.0, 2.5])
+def test_rank_slope_closed_form(b):
+    k = np.arange(1, 401, dtype=float)
+    s = 3.0 * k**-b
+    assert rank_slope(s) == pytest.approx(b, rel=1e-12)  # default window 1..200
+    assert rank_slope(s, first=10, last=50) == pytest.approx(b, rel=1e-12)
+    assert rank_slope(rng.permutation(s) * 7.0) == pytest.approx(b, rel=1e-12)  # order and scale
+    assert rank_slope(np.ones(50)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rank_slope_window_is_the_upper_half():
+    k = np.arange(1, 101, dtype=float)
+    s = np.where(k <= 50, k**-0.5, 50**-0.5 * (k / 50) ** -3.0)  # a steep lower half is left out
+    assert rank_slope(s) == pytest.approx(0.5, rel=1e-12)
+    assert rank_slope(s, last=100) > 0.5
+    with pytest.raises(ValueError, match="rank window"):
+        rank_slope(s, first=5, last=101)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 3.0, 4.0])
+def test_rank_slope_of_a_power_law_density_is_one_over_two_alpha_minus_one(alpha):
+    """Pareto eigenvalues lambda with density ~ lambda^-alpha: singular values sqrt(lambda) fall
+    with rank as k^(-1 / (2 (alpha - 1))) (Zipf), the bridge between the two exponents."""
+    u = np.random.default_rng(8).random(20000)
+    lam = (1 - u) ** (-1.0 / (alpha - 1.0))
+    assert rank_slope(np.sqrt(lam), first=10, last=2000) == pytest.approx(1 / (2 * (alpha - 1)), rel=0.05)
 
 
 # --- Marchenko-Pastur ---------------------------------------------------------------------------
@@ -139,7 +238,7 @@ def test_nerve_closed_forms(D):
     one[0] = 5.0
     assert spectral_entropy(one) == pytest.approx(0.0)
     assert participation_ratio(one) == pytest.approx(1.0)
-    assert early_eigenvalue_enrichment(one) == pytest.approx(1.0)
+    assert early_eigenvalue_enrichment(one) == pytest.approx((D - 1) / D)  # eq. (3) divides by D/2
 
 
 def test_nerve_scale_invariance_and_order():
@@ -159,17 +258,19 @@ def test_eee_figure2_ordering():
         eigs = np.r_[np.ones(k), np.zeros(D - k)]
         values.append(early_eigenvalue_enrichment(eigs))
     assert all(a > b for a, b in zip(values, values[1:]))
-    # k of D equal eigenvalues: EEE = 1 - (k - 1) / (D - 1) exactly.
-    k = 77
-    assert early_eigenvalue_enrichment(np.r_[np.ones(k), np.zeros(D - k)]) == pytest.approx(1 - (k - 1) / (D - 1))
+    # k of D equal eigenvalues: sum_k (S_k - k/D) = (D - k)/2, so EEE = 1 - k/D exactly.
+    for k in (1, 77, D):
+        assert early_eigenvalue_enrichment(np.r_[np.ones(k), np.zeros(D - k)]) == pytest.approx(1 - k / D, abs=1e-12)
 
 
-def test_eee_matches_equation_3_up_to_exact_normaliser():
+def test_eee_matches_equation_3():
+    """NerVE eq. (3) as written: 2 * sum_k (S_k - k/D) / D, a plain loop."""
     eigs = np.sort(np.random.default_rng(5).exponential(size=50))[::-1]
     D = eigs.size
     p = eigs / eigs.sum()
     eq3 = 2.0 * sum(p[:k].sum() - k / D for k in range(1, D + 1)) / D
-    assert early_eigenvalue_enrichment(eigs) == pytest.approx(eq3 * D / (D - 1))
+    assert early_eigenvalue_enrichment(eigs) == pytest.approx(eq3, rel=1e-12)
+    assert early_eigenvalue_enrichment([4.0]) == 0.0  # D = 1: S_1 = 1/1
 
 
 def test_js_bounds_and_reference():

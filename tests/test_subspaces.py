@@ -159,13 +159,49 @@ def test_index_trend_and_reference_choice():
     from utils.subspaces import choose_reference_layer, index_trend, reference_candidates
 
     assert index_trend([1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.0)
-    assert np.isnan(index_trend([1.0, 1.0, 1.0])) and np.isnan(index_trend([1.0, 2.0]))
-    assert reference_candidates(10).tolist() == [3, 4, 5, 6] and reference_candidates(4).tolist() == [0, 1, 2, 3]
+    assert index_trend([3.0, 1.0]) == pytest.approx(-1.0)  # two points, as the seed computes them
+    assert np.isnan(index_trend([1.0, 1.0, 1.0])) and np.isnan(index_trend([2.0]))
+    x = np.array([0.3, 0.1, 0.4, 0.2, 0.9])
+    assert index_trend(x) == pytest.approx(np.corrcoef(np.arange(5), x)[0, 1])
+    assert reference_candidates(10).tolist() == [2, 3, 4, 5, 6, 7] and reference_candidates(4).tolist() == [0, 1, 2, 3]
+    assert 33 in reference_candidates(36) and 34 not in reference_candidates(36)  # the seed's layer 33 of 36
     kernel = np.array([1.0, 9, 9, 9, 5, 9, 9, 9, 9, 9])  # layer 0 is lowest but has no layers before it
     ref, rule = choose_reference_layer(kernel)
     assert ref == 4 and "kernel effective rank" in rule
+    kernel[7] = 2.0  # two layers after it: allowed
+    assert choose_reference_layer(kernel)[0] == 7
+    kernel[8] = 1.5  # one layer after it: not a candidate
+    assert choose_reference_layer(kernel)[0] == 7
     acts = pd.DataFrame({"layer": range(11), "eff_rank": [50, 40, 40, 40, 40, 40, 40, 3, 40, 40, 40]})
     ref, rule = choose_reference_layer(kernel, acts)
     assert ref == 6 and "activation effective rank" in rule  # row 7 = after block 6
     ref, rule = choose_reference_layer(kernel, acts.iloc[:5])  # does not cover every block: fall back
-    assert ref == 4
+    assert ref == 7
+
+
+def test_phase_boundaries_are_the_largest_drops():
+    from utils.subspaces import phase_boundaries
+
+    S = np.eye(6)
+    adjacent = [0.9, 0.8, 0.3, 0.7, 0.2]  # a_i = S[i, i + 1]
+    S[np.arange(5), np.arange(1, 6)] = adjacent
+    table = phase_boundaries(S, n=2)
+    # drops a_{i+1} - a_i: -0.1, -0.5, +0.4, -0.5: the first two -0.5 (i = 1, 3) -> boundaries 2->3, 4->5
+    assert table.boundary.tolist() == ["2->3", "4->5"]
+    np.testing.assert_allclose(table["change from previous pair"], [-0.5, -0.5])
+    np.testing.assert_allclose(table["adjacent similarity"], [0.3, 0.2])
+
+
+def test_seed_verdict_thresholds():
+    from utils.subspaces import alignment_verdict, convergence_verdict, overlap_statistics, overlap_verdict
+
+    L = 9
+    i, j = np.indices((L, L))
+    assert overlap_verdict(overlap_statistics(np.exp(-np.abs(i - j)), 3), 0.1)[0] == "phase structure"
+    assert overlap_verdict(overlap_statistics(np.full((L, L), 0.8), 3), 0.1)[0] == "uniformly high"
+    assert overlap_verdict(overlap_statistics(np.full((L, L), 0.3), 3), 0.1)[0] == "moderate"
+    assert convergence_verdict(0.5, -0.5)[0] == "convergence point"
+    assert convergence_verdict(0.5, 0.1)[0] == "partial"
+    assert convergence_verdict(0.2, -0.9)[0] == "no clear pattern"
+    assert convergence_verdict(np.nan, -0.9)[0] == "not testable"
+    assert [alignment_verdict(r)[0] for r in (1.6, 1.5, 0.7, 0.69)] == ["coupled", "near chance", "near chance", "avoidance"]

@@ -4,6 +4,8 @@ HF round-trip, the Trainer wrapper and the bounds of the recorded NerVE metrics.
 import math
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,7 +146,7 @@ def test_metrics_in_bounds_and_trainer_wrapper():
     model = tiny("gelu")
     data = tiny_data()
     ids, mask = right_padded(n=6, seq=24)
-    cb = SpectralCallback(ids, eval_mask=mask, every=2, batch_size=4, grad_samples=4, tail_window=(2, 16))
+    cb = SpectralCallback(ids, eval_mask=mask, every=2, batch_size=4, grad_samples=4, tail_window=(2, 16), grad_top_k=2)
     wrapper = SpectralTrainerCallback(cb)
     assert isinstance(wrapper, TrainerCallback)
     state = SimpleNamespace(global_step=2, log_history=[{"loss": 5.0}])
@@ -163,6 +165,29 @@ def test_metrics_in_bounds_and_trainer_wrapper():
                 assert 0.0 <= record[f"eee_{side}_l{layer}"] <= 1.0 + 1e-9
             assert 0.0 <= record[f"js_l{layer}"] <= math.log(2) + 1e-12
     assert cb.spectra[4]["act"].shape == (model.config.hidden_size,)
+    for record in result.records[1:]:  # against the stored spectra (the wrapper's step-2 record was overwritten)
+        s2 = np.sort(cb.spectra[record["step"]]["grad"])[::-1] ** 2
+        assert record["grad_stable_rank"] == pytest.approx(s2.sum() / s2[0])
+        assert record["grad_topk_share"] == pytest.approx(s2[:2].sum() / s2.sum())
+    eig = np.sort(cb.spectra[4]["act"])[::-1]
+    assert result.records[-1]["act_head_share"] == pytest.approx(eig[:2].sum() / eig.sum())
+
+
+def test_head_gradient_movement_closed_forms():
+    from utils.training import head_gradient_movement
+
+    steps = np.arange(6)
+    head = np.array([0.5, 0.6, 0.55, 0.8, 0.7, 0.75])
+    frame = pd.DataFrame({"step": steps, "act_head_share": head, "grad_eff_rank": 3.0, "grad_topk_share": 0.9,
+                          "grad_stable_rank": 2.0 + 10 * head})  # moves with the head
+    m = head_gradient_movement(frame.iloc[::-1])  # order of the records does not matter
+    assert m["rho"] == pytest.approx(1.0)
+    assert m["final_act_head_share"] == pytest.approx(0.75) and m["jitter_act_head_share"] == pytest.approx(0.1)
+    assert m["final_grad_stable_rank"] == pytest.approx(9.5) and m["jitter_grad_eff_rank"] == 0.0
+    frame["grad_stable_rank"] = 5.0 - head**3  # monotone decreasing in the head: rank correlation -1
+    assert head_gradient_movement(frame)["rho"] == pytest.approx(-1.0)
+    frame["grad_stable_rank"] = 2.0  # constant: no correlation defined
+    assert np.isnan(head_gradient_movement(frame)["rho"])
 
 
 def test_callback_runs_in_a_foreign_hf_model():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from utils.models import load_model
-from utils.spectra import effective_rank
+from utils.spectra import effective_rank, fit_power_law
 from utils.weights import phase_trend, sharpest_transitions, weight_spectra
 
 from .conftest import tiny_models
@@ -25,6 +26,11 @@ def test_weight_spectra_rows_and_values(path):
     assert row.eff_rank == pytest.approx(effective_rank(torch.linalg.svdvals(q.double())), rel=1e-8)
     assert (df.eff_rank <= df.max_rank + 1e-9).all() and (df.eff_rank >= 1).all()
     assert len(spectra[(1, "q")]) == row.max_rank
+    s = torch.linalg.svdvals(q.double()).numpy()  # independent SVD
+    assert row.alpha == pytest.approx(fit_power_law(s**2).alpha, rel=1e-8)
+    r = s.size // 2
+    slope = -np.polyfit(np.log(np.arange(1, r + 1)), np.log(s[:r]), 1)[0]
+    assert row.rank_slope == pytest.approx(slope, rel=1e-8)
 
 
 def test_phase_trend_rules():

@@ -38,6 +38,7 @@ from .spectra import (
     nerve_metrics,
     participation_ratio,
     power_law_slope,
+    rank_slope,
     spectral_entropy,
     stable_rank,
     weight_metrics,

@@ -7,9 +7,11 @@ References
 - effective rank: Roy & Vetterli (2007), as used in the seed notebook `1.py`:
   exp(H(p)), p_i = s_i / sum_j s_j over singular values s.
 - stable rank: ||W||_F^2 / ||W||_2^2 = sum s_i^2 / max s_i^2.
-- power-law alpha: Clauset, Shalizi & Newman (2009), continuous MLE with xmin chosen by
-  minimal Kolmogorov-Smirnov distance, fitted to the eigenvalues s_i^2 as WeightWatcher does
-  (Martin & Mahoney 2021).
+- power-law alpha: WeightWatcher 0.7.7's fit (Martin & Mahoney 2021; `weightwatcher`'s
+  `WW_powerlaw.WWFit`): continuous MLE (Clauset, Shalizi & Newman 2009) on the eigenvalues s_i^2,
+  xmin minimising a one-sided Kolmogorov-Smirnov distance over every eigenvalue but the largest.
+- rank slope: minus the least-squares slope of log s_k on log k (the "alpha ~ 0.3" of the Prisma
+  write-up); for a power-law tail p(lambda) ~ lambda^-alpha of lambda = s^2, s_k ~ k^(-1/(2(alpha - 1))).
 - Marchenko-Pastur: bulk edge of the singular values of an N x M noise matrix with i.i.d.
   entries of variance sigma^2 is sigma (sqrt(N) + sqrt(M)).
 - NerVE metrics (spectral entropy, participation ratio, early eigenvalue enrichment,
@@ -188,42 +190,121 @@ def spectral_norm(singular_vals) -> float:
 class PowerLawFit:
     alpha: float  # exponent of p(x) ~ x^-alpha for x >= xmin
     xmin: float
-    ks_distance: float
-    n_tail: int
+    ks_distance: float  # WeightWatcher's one-sided KS distance D of the chosen xmin
+    n_tail: int  # eigenvalues in the fitted tail (candidate index to the largest)
 
 
-def fit_power_law(eigenvalues, min_tail: int = 10) -> PowerLawFit:
-    """Continuous power-law MLE with xmin minimising the KS distance (Clauset et al. 2009).
+# WeightWatcher 0.7.7 defaults (weightwatcher/constants.py, RMT_Util.py on a CPU machine).
+WW_EVALS_THRESH = 1e-5  # eigenvalues at or below this are dropped before the fit (EVALS_THRESH)
+WW_MIN_EVALS = 8  # analyze() skips matrices with min(rows, cols) below this (DEFAULT_MIN_EVALS)
+WW_SMALL_N = 20  # below this many eigenvalues, WWFit.fit_powerlaw_smallN (SMALL_N_CUTOFF)
+_BLOCK_ELEMENTS = 1 << 16  # candidates x tail entries per block (512 kB of float64: stays in cache)
 
-    For each candidate xmin = x_(i) (ascending order) the tail x_(i..n) gives
-        alpha_i = 1 + n_i / sum_j log(x_j / xmin),
-    the fitted CDF F(x) = 1 - (x / xmin)^(1 - alpha_i), and the KS distance
-        D_i = max_j |F(x_j) - S_j| over empirical CDF values S_j in {j/n_i, (j+1)/n_i}.
-    The candidate with the smallest D_i wins. Candidates leave at least `min_tail` points.
-    This is the fit WeightWatcher applies to the eigenvalues s_i^2 of W^T W.
+
+def fit_power_law(eigenvalues, threshold: float = WW_EVALS_THRESH) -> PowerLawFit:
+    """WeightWatcher's power-law fit of an empirical spectral density (Martin & Mahoney 2021),
+    exactly as `weightwatcher` 0.7.7 `analyze()` computes `alpha` with its defaults
+    (`pl_package="ww"`, `xmax=None`, `fix_fingers=False`, power law rather than truncated):
+
+    - x: the eigenvalues above `threshold` (WW's absolute EVALS_THRESH = 1e-5), ascending, x_0..x_{N-1};
+      for a weight matrix, the unnormalised eigenvalues sigma_i^2 of W^T W (WW no longer divides by N).
+    - every eigenvalue but the largest is an xmin candidate: for x_i, i = 0..N-2, with n = N - i,
+          alpha_i = 1 + n / sum_{j>=i} log(x_j / x_i)                       (continuous MLE)
+          D_i = max_{j>=i} |1 - (x_j / x_i)^(1 - alpha_i) - (j - i) / n|   (one-sided KS: the
+      empirical CDF only at its lower steps 0, 1/n, ..., (n-1)/n; Clauset et al. 2009 take the
+      larger of both steps). The first i with the smallest D_i wins.
+    - with N < 20 eigenvalues, WW's small-N variant (`_fit_small_n`).
+
+    Vectorised over candidates in blocks of `_BLOCK_ELEMENTS` entries, so memory stays bounded
+    for any spectrum length. Scale invariant apart from the absolute threshold.
     """
     x = np.sort(as_spectrum(eigenvalues))
-    x = x[x > 0]
-    n = x.size
-    if n < min_tail + 1:
-        raise ValueError(f"need more than {min_tail} positive eigenvalues for a power-law fit, got {n}")
+    x = x[x > threshold]
+    N = x.size
+    if N < 2:
+        raise ValueError(f"need at least 2 eigenvalues above {threshold:g} for a power-law fit, got {N}")
+    if N < WW_SMALL_N:
+        return _fit_small_n(x)
     logx = np.log(x)
-    suffix_log = np.cumsum(logx[::-1])[::-1]  # suffix_log[i] = sum_{j>=i} log x_j
-    best = PowerLawFit(float("nan"), float("nan"), float("inf"), 0)
-    for i in range(0, n - min_tail + 1):
-        if i > 0 and x[i] == x[i - 1]:
+    n_tail = N - np.arange(N - 1)  # (N-1,) tail sizes of the candidates x_0..x_{N-2}
+    suffix = np.cumsum(logx[::-1])[::-1]  # suffix[i] = sum_{j>=i} log x_j
+    with np.errstate(divide="ignore"):
+        alphas = 1.0 + n_tail / (suffix[:-1] - n_tail * logx[:-1])  # (N-1,) as WW writes it
+    ks = np.ones(N - 1)  # WW leaves D = 1 where alpha <= 1
+    # Skewed layout: row i, column c holds x_{i+c}; past the end log x = +inf, where the model CDF
+    # is 1 and the empirical step min(c/n, 1) is 1, so padding never raises the maximum.
+    padded = np.concatenate([logx, np.full(N, np.inf)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, N)  # (N+1, N) view, no copy
+    rows = max(1, _BLOCK_ELEMENTS // N)
+    for a in range(0, N - 1, rows):
+        b = min(a + rows, N - 1)
+        width = N - a  # longest tail in the block
+        alpha, n = alphas[a:b], n_tail[a:b]
+        ok = np.isfinite(alpha) & (alpha > 1)
+        if not ok.any():
             continue
-        n_tail = n - i
-        denominator = suffix_log[i] - n_tail * logx[i]
-        if denominator <= 0:
+        rel = windows[a:b, :width][ok] - logx[a:b, None][ok]  # (block, width) log(x_{i+c} / x_i)
+        steps = np.minimum(np.arange(width)[None, :] / n[ok, None], 1.0)  # empirical CDF (c / n)
+        distance = np.abs((1.0 - steps) - np.exp((1.0 - alpha[ok, None]) * rel))
+        ks[a:b][ok] = distance.max(axis=1)
+    best = int(np.argmin(ks))
+    return PowerLawFit(float(alphas[best]), float(x[best]), float(ks[best]), int(n_tail[best]))
+
+
+def _fit_small_n(x: np.ndarray, k_min: int = 8) -> PowerLawFit:
+    """WeightWatcher's small-N path (fewer than 20 eigenvalues), x ascending, as it runs end to
+    end: `WWFit.fit_powerlaw_smallN` computes, for tails of at least `k_min` points, the
+    bias-corrected MLE alpha_i = 1 + (n - 1) / sum_{j>=i} log(x_j / x_i) and D_i as in
+    `fit_power_law` (other candidates keep D = 1); `WWFit.__init__` then takes the first
+    candidate with the smallest D_i (its own J_i = D_i - 0.868 / sqrt(n) choice is overwritten).
+    No admissible candidate: the whole sample (i = 0). A constant spectrum has no fit (NaN;
+    WW reports 0 there)."""
+    N = x.size
+    logx = np.log(x)
+    ks = np.ones(N - 1)
+    alphas = np.full(N - 1, np.nan)
+    for i in range(N - 1):
+        n = N - i
+        s = float(logx[i:].sum() - n * logx[i])
+        if n < k_min or s <= 1e-12:
             continue
-        alpha = 1.0 + n_tail / denominator
-        fitted = 1.0 - np.exp((1.0 - alpha) * (logx[i:] - logx[i]))
-        ranks = np.arange(n_tail)
-        ks = max(np.abs(fitted - ranks / n_tail).max(), np.abs(fitted - (ranks + 1) / n_tail).max())
-        if ks < best.ks_distance:
-            best = PowerLawFit(float(alpha), float(x[i]), float(ks), int(n_tail))
-    return best
+        alphas[i] = 1.0 + (n - 1.0) / s
+        ks[i] = np.abs(np.arange(n) / n - (1.0 - np.exp((1.0 - alphas[i]) * (logx[i:] - logx[i])))).max()
+    if np.isnan(alphas).all():  # WW's fallback: the whole sample as the tail
+        s = float(logx.sum() - N * logx[0])
+        if s <= 1e-12:
+            return PowerLawFit(float("nan"), float(x[0]), 1.0, N)
+        alphas[0] = 1.0 + (N - 1.0) / s
+        ks[0] = np.abs(np.arange(N) / N - (1.0 - np.exp((1.0 - alphas[0]) * (logx - logx[0])))).max()
+    best = int(np.argmin(ks))
+    return PowerLawFit(float(alphas[best]), float(x[best]), float(ks[best]), N - best)
+
+
+RANK_SLOPE_TOP_FRACTION = 0.5  # rank_slope's default window: ranks 1..floor(r/2) of r singular values
+
+
+def rank_slope(singular_vals, first: int = 1, last: int | None = None) -> float:
+    """Decay exponent of singular values against rank: b such that s_k ~ k^-b, the least-squares
+    slope of log s_k on log k over ranks k = first..last (1-based, inclusive), sign flipped.
+
+    Default window: the upper half of the spectrum, k = 1..floor(r / 2) for r singular values. The
+    lower half is left out because near rank r of a square-ish matrix s_k falls towards the hard
+    edge 0, where log s_k dives and would dominate a fit over all ranks (most points of an
+    equally weighted fit lie at large k). s_k = c k^-b gives b on any window. Zero singular
+    values in the window are skipped.
+
+    This is the exponent the Prisma write-up calls alpha (0.25-0.35). It is not WeightWatcher's
+    alpha: if the eigenvalues lambda = s^2 have a power-law tail p(lambda) ~ lambda^-alpha, their
+    rank-ordered values fall as lambda_k ~ k^(-1/(alpha - 1)) (Zipf), so over that tail
+    b = 1 / (2 (alpha - 1)), alpha = 1 + 1 / (2 b).
+    """
+    s = as_spectrum(singular_vals)
+    r = s.size
+    if last is None:
+        last = max(int(r * RANK_SLOPE_TOP_FRACTION), 2)
+    if not 1 <= first < last <= r:
+        raise ValueError(f"rank window {first}..{last} must satisfy 1 <= first < last <= {r} (the number of singular values)")
+    return -power_law_slope(s, first - 1, last)
 
 
 def marchenko_pastur_edge(rows: int, cols: int, sigma: float) -> float:
@@ -243,16 +324,20 @@ def mp_signal_ratio(singular_vals, rows: int, cols: int, sigma: float) -> float:
 
 
 def weight_metrics(W: torch.Tensor) -> dict:
-    """All per-matrix weight metrics of notebook 01 from one SVD.
+    """All per-matrix weight metrics of notebook 01 from one Gram eigendecomposition.
 
-    Returns rows, cols, eff_rank, stable_rank, spectral_norm, alpha (power-law exponent of
-    the eigenvalues s^2, WeightWatcher convention), alpha_xmin, mp_edge, mp_signal_ratio,
-    fro_norm, and the singular values themselves under `singular_values` (numpy, descending).
+    Returns rows, cols, eff_rank, stable_rank, spectral_norm, fro_norm, alpha (WeightWatcher's
+    power-law exponent of the eigenvalues s^2: `fit_power_law`; NaN where WW's analyze() skips
+    the matrix, min(rows, cols) < 8, or fewer than 2 eigenvalues pass its threshold), alpha_xmin,
+    alpha_ks (WW's KS distance D), rank_slope (`rank_slope`, default window), mp_edge,
+    mp_signal_ratio, and the singular values themselves under `singular_values` (numpy, descending).
     """
     rows, cols = W.shape
     s = as_spectrum(singular_values(W))
     sigma = entry_std(W)
-    fit = fit_power_law(s**2) if s.size > 11 else PowerLawFit(float("nan"), float("nan"), float("nan"), 0)
+    fit = PowerLawFit(float("nan"), float("nan"), float("nan"), 0)
+    if min(rows, cols) >= WW_MIN_EVALS and (s**2 > WW_EVALS_THRESH).sum() >= 2:
+        fit = fit_power_law(s**2)
     return {
         "rows": rows,
         "cols": cols,
@@ -262,6 +347,8 @@ def weight_metrics(W: torch.Tensor) -> dict:
         "fro_norm": float(np.sqrt((s**2).sum())),
         "alpha": fit.alpha,
         "alpha_xmin": fit.xmin,
+        "alpha_ks": fit.ks_distance,
+        "rank_slope": rank_slope(s) if s.size >= 4 else float("nan"),
         "mp_edge": marchenko_pastur_edge(rows, cols, sigma),
         "mp_signal_ratio": mp_signal_ratio(s, rows, cols, sigma),
         "singular_values": s,
@@ -282,21 +369,19 @@ def participation_ratio(eigs) -> float:
 
 
 def early_eigenvalue_enrichment(eigs) -> float:
-    """EEE: mean gap between the cumulative share S_k of the top-k eigenvalues and the uniform
-    line k/D, normalised by its maximum (NerVE eq. 3 and the sentence before it).
+    """EEE: the summed gap between the cumulative share S_k of the top-k eigenvalues and the
+    uniform line k/D, divided by D/2, exactly as NerVE eq. (3) writes it:
 
-        EEE = sum_{k=1..D} (S_k - k/D) / ((D - 1) / 2)
+        EEE = sum_{k=1..D} (S_k - k/D) / (D / 2)
 
-    0 for a uniform spectrum, exactly 1 when one eigenvalue holds all variance. NerVE's eq. (3)
-    writes the maximum as D/2, its large-D limit; we divide by the exact maximum (D - 1)/2 so
-    that the closed forms hold at every D (the two differ by a factor D/(D-1)).
+    0 for a uniform spectrum; k equal eigenvalues of D (the rest zero) give 1 - k/D, so a
+    rank-one spectrum gives (D - 1)/D, not 1 (the paper's "maximal possible value" D/2 is the
+    large-D limit of the exact maximum (D - 1)/2). In [0, (D - 1)/D].
     """
     p = normalized(eigs)
     D = p.size
-    if D == 1:
-        return 0.0
     k = np.arange(1, D + 1)
-    return float((np.cumsum(p) - k / D).sum() / ((D - 1) / 2.0))
+    return float((np.cumsum(p) - k / D).sum() / (D / 2.0))
 
 
 def js_divergence(eigs_p, eigs_q, rank_matched: bool = True) -> float:

@@ -17,6 +17,7 @@ formed.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .adapters import FFNWeights, WeightAdapter, get_adapter
@@ -124,21 +125,27 @@ def overlap_statistics(S, distant_gap: int) -> dict[str, float]:
 
 
 def index_trend(values) -> float:
-    """Pearson r of a series against its index (the seed's convergence trend); NaN for fewer than
-    3 points or a constant series."""
+    """Pearson r of a series against its index (the seed's convergence trend, computed as the seed
+    does for more than one point: two points give +-1); NaN for fewer than 2 points or a constant
+    series."""
     values = np.asarray(values, dtype=float)
-    if values.size < 3 or np.ptp(values) == 0:
+    if values.size < 2 or np.ptp(values) == 0:
         return float("nan")
     return float(np.corrcoef(np.arange(values.size), values)[0, 1])
 
 
-def reference_candidates(n_layers: int, margin: int = 3):
+REFERENCE_MARGIN = 2  # the reference layer needs this many layers on each side (2.py: layer 33 of 36)
+
+
+def reference_candidates(n_layers: int, margin: int = REFERENCE_MARGIN):
     """Layers with at least `margin` layers on each side (all layers when the model is too shallow),
-    so that convergence towards the reference can be tested from both directions."""
+    so that convergence towards the reference can be tested from both directions (a trend needs
+    two points). With the default margin 2, layer 33 of a 36-layer model (the seed's choice for
+    Qwen2.5-3B) is a candidate."""
     return np.arange(margin, n_layers - margin) if n_layers >= 2 * margin + 1 else np.arange(n_layers)
 
 
-def choose_reference_layer(kernel_eff_rank, activation_spectra=None, margin: int = 3) -> tuple[int, str]:
+def choose_reference_layer(kernel_eff_rank, activation_spectra=None, margin: int = REFERENCE_MARGIN) -> tuple[int, str]:
     """The bottleneck reference layer of notebook 03 and the rule that chose it.
 
     kernel_eff_rank: (L,) mean kernel effective rank per block. activation_spectra: notebook 04's
@@ -160,3 +167,51 @@ def choose_reference_layer(kernel_eff_rank, activation_spectra=None, margin: int
                          f"(row layer {ref + 1} = after block {ref}; {best.eff_rank:.1f})")
     ref = int(candidates[np.argmin(kernel_eff_rank[candidates])])
     return ref, f"lowest mean kernel effective rank over heads among {span} ({kernel_eff_rank[ref]:.2f})"
+
+
+# --- the three verdicts of seed `2.py` (its thresholds) ---------------------------------------
+
+def phase_boundaries(S, n: int = 10) -> pd.DataFrame:
+    """The seed's phase-boundary detection on an L x L similarity matrix: the `n` largest drops in
+    adjacent-layer similarity a_i = S[i, i+1], change a_{i+1} - a_i, boundary (i+1)->(i+2)."""
+    adjacent = np.diag(np.asarray(S, dtype=float), 1)  # (L-1,)
+    drops = np.diff(adjacent)  # drops[i] = a_{i+1} - a_i
+    order = np.argsort(drops, kind="stable")[:n]
+    return pd.DataFrame({"boundary": [f"{i + 1}->{i + 2}" for i in order], "adjacent similarity": adjacent[order + 1],
+                         "change from previous pair": drops[order]})
+
+
+def overlap_verdict(stats: dict, chance: float) -> tuple[str, str]:
+    """Experiment 1 of `2.py` from `overlap_statistics`: phase structure if adjacent - distant > 0.05,
+    else redundancy if the off-diagonal mean exceeds 0.7, else moderate. Returns (label, sentence)."""
+    gap, off = stats["adjacent - distant"], stats["off-diagonal mean"]
+    distant = next(v for name, v in stats.items() if name.startswith("distant") and name.endswith("mean"))
+    if gap > 0.05:
+        return "phase structure", (f"adjacent layers share more subspace ({stats['adjacent mean']:.3f}) than distant ones "
+                                   f"({distant:.3f}; gap {gap:+.3f} > 0.05): nearby layers refine similar subspaces")
+    if off > 0.7:
+        return "uniformly high", f"uniformly high similarity (off-diagonal mean {off:.3f} > 0.7): depth may be partly redundant"
+    return "moderate", (f"moderate similarity (off-diagonal mean {off:.3f}, adjacent - distant {gap:+.3f}, chance k/d = "
+                        f"{chance:.3f}): layers share some subspace but target distinct directions")
+
+
+def convergence_verdict(pre: float, post: float) -> tuple[str, str]:
+    """Experiment 2 of `2.py` from the Pearson trends of similarity to the reference before and after
+    it: a convergence point if pre > 0.3 and post < -0.3, partial if only pre > 0.3, else none."""
+    trends = f"pre r = {pre:+.3f}, post r = {post:+.3f}"
+    if np.isnan(pre) or np.isnan(post):
+        return "not testable", f"not testable from both sides ({trends}; two layers are needed on each side)"
+    if pre > 0.3 and post < -0.3:
+        return "convergence point", f"a convergence point: similarity rises towards it from both sides ({trends})"
+    if pre > 0.3:
+        return "partial", f"partial: similarity rises towards it from earlier layers but not from later ones ({trends})"
+    return "no clear pattern", f"no clear pattern ({trends}): a local feature rather than a convergence point"
+
+
+def alignment_verdict(ratio: float) -> tuple[str, str]:
+    """Experiment 3 of `2.py` from mean alignment / chance: coupled above 1.5, avoidance below 0.7."""
+    if ratio > 1.5:
+        return "coupled", f"coupled ({ratio:.2f}x chance > 1.5): FFN and attention share subspaces"
+    if ratio < 0.7:
+        return "avoidance", f"avoidance ({ratio:.2f}x chance < 0.7): the FFN reads the orthogonal complement"
+    return "near chance", f"near chance ({ratio:.2f}x, between 0.7 and 1.5): no strong coupling or avoidance"

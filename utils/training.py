@@ -13,11 +13,13 @@
       collected by a forward pre-hook (NerVE appendix A). Padding rows are dropped, covariances
       stream into float64 accumulators, eigenvalues come from eigvalsh one layer at a time and
       the accumulator is freed right after (NerVE appendix F, Algorithm 1).
-    * the residual-stream activation covariance spectrum (Spectral Lens): effective rank and the
-      power-law slope of the tail over a rank window.
+    * the residual-stream activation covariance spectrum (Spectral Lens): effective rank, the
+      power-law slope of the tail over a rank window [start, stop), and the share of variance in
+      its head, the `start` leading modes before that window (`act_head_share`).
     * the per-sample gradient spectrum (Spectral Lens): singular values of the (samples x
       parameters) matrix of per-sample gradients of one weight matrix, computed with
-      torch.func (functional_call + vmap(grad)).
+      torch.func (functional_call + vmap(grad)); its effective rank, stable rank and the share
+      of sum sigma^2 in the top `grad_top_k` singular values (`grad_topk_share`).
 
 The model classes and `byte_tokenizer` live in `utils.nanogpt` and are re-exported here;
 importing this module registers model_type "spectra_nanogpt" with the Auto classes.
@@ -34,9 +36,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 from torch.func import functional_call, grad, vmap
+from scipy import stats
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import TrainerCallback, TrainerState
 
@@ -44,12 +48,12 @@ from utils.adapters import get_adapter
 from utils.corpus import DEFAULT_CORPUS, load_corpus
 from utils.covariance import StreamingCovariance
 from utils.nanogpt import NanoGPTConfig, NanoGPTForCausalLM, byte_tokenizer
-from utils.spectra import effective_rank, nerve_metrics, power_law_slope
+from utils.spectra import cumulative_share, effective_rank, nerve_metrics, power_law_slope, stable_rank
 
 __all__ = [
     "NanoGPTConfig", "NanoGPTForCausalLM", "byte_tokenizer", "TokenData", "TrainConfig", "TrainResult",
     "train", "ffn_covariances", "nerve_metrics", "per_sample_grads", "SpectralCallback",
-    "SpectralTrainerCallback", "run_config_dict", "save_trainer_checkpoint",
+    "SpectralTrainerCallback", "run_config_dict", "save_trainer_checkpoint", "head_gradient_movement",
 ]
 
 
@@ -164,13 +168,19 @@ class SpectralCallback:
     layer's down_proj weight); grad_samples: rows of eval_ids used for it.
     residual_layer: index into `hidden_states` whose covariance gives the activation spectrum
     (-1: the final hidden state, after ln_f); tail_window: rank window [start, stop) for the
-    power-law slope of that spectrum. Full spectra of the last two views are kept in
-    `self.spectra[step]` ("act": covariance eigenvalues, "grad": singular values).
+    power-law slope of that spectrum; its first `start` modes are the head (`act_head_share`).
+    grad_top_k: singular values in the gradient spectrum's top-k energy share. Full spectra of
+    the last two views are kept in `self.spectra[step]` ("act": covariance eigenvalues, "grad":
+    singular values).
     """
 
     def __init__(self, eval_ids: torch.Tensor, every: int = 25, eval_mask: torch.Tensor | None = None,
                  batch_size: int = 16, grad_param: str | None = None, grad_samples: int = 16,
-                 residual_layer: int = -1, tail_window: tuple[int, int] = (8, 64)):
+                 residual_layer: int = -1, tail_window: tuple[int, int] = (8, 64), grad_top_k: int = 4):
+        if tail_window[0] < 1:
+            raise ValueError(f"tail_window={tail_window} must start at rank 1 or later: the ranks before it are the head")
+        if grad_top_k < 1:
+            raise ValueError(f"grad_top_k={grad_top_k} must be at least 1 (it is clipped to the number of samples)")
         self.eval_ids = eval_ids
         self.eval_mask = torch.ones_like(eval_ids) if eval_mask is None else eval_mask
         self.every = every
@@ -179,6 +189,7 @@ class SpectralCallback:
         self.grad_samples = grad_samples
         self.residual_layer = residual_layer
         self.tail_window = tail_window
+        self.grad_top_k = grad_top_k
         self.records: list[dict] = []
         self.spectra: dict[int, dict[str, np.ndarray]] = {}
 
@@ -228,16 +239,21 @@ class SpectralCallback:
         self.spectra.setdefault(step, {})["act"] = eig_act.cpu().numpy()
         record["act_eff_rank"] = effective_rank(eig_act)
         record["act_tail_slope"] = power_law_slope(eig_act, *self.tail_window)
+        head = min(self.tail_window[0], eig_act.numel())
+        record["act_head_share"] = float(cumulative_share(eig_act)[head - 1])
         return record
 
     def _gradient_statistics(self, model: nn.Module, device, step: int) -> dict:
-        """Effective rank of the per-sample gradient matrix's singular values."""
+        """Effective rank, stable rank and top-k energy share sum_{i<=k} s_i^2 / sum s_i^2 of the
+        per-sample gradient matrix's singular values s."""
         name = self.grad_param or _parameter_name(model, _last_ffn_out(model).weight)
         ids = self.eval_ids[: self.grad_samples].to(device)
         mask = self.eval_mask[: self.grad_samples].to(device)
-        sv = torch.linalg.svdvals(per_sample_grads(model, name, ids, mask).double())
-        self.spectra.setdefault(step, {})["grad"] = sv.cpu().numpy()
-        return {"grad_eff_rank": effective_rank(sv)}
+        sv = torch.linalg.svdvals(per_sample_grads(model, name, ids, mask).double()).cpu()
+        self.spectra.setdefault(step, {})["grad"] = sv.numpy()
+        k = min(self.grad_top_k, sv.numel())
+        return {"grad_eff_rank": effective_rank(sv), "grad_stable_rank": stable_rank(sv),
+                "grad_topk_share": float(cumulative_share(sv**2)[k - 1])}
 
 
 def _last_ffn_out(model: nn.Module) -> nn.Module:
@@ -397,3 +413,31 @@ def run_config_dict(model_config: NanoGPTConfig, config: TrainConfig) -> dict:
                                                   "intermediate_size", "hidden_act", "norm_placement",
                                                   "position_embedding")}
     return {**arch, **asdict(config)}
+
+
+# --- Spectral Lens finding 3: head of the activation spectrum alongside gradient spectra --------
+
+GRADIENT_COLUMNS = ("grad_eff_rank", "grad_stable_rank", "grad_topk_share")
+
+
+def head_gradient_movement(records: pd.DataFrame, grad: str = "grad_stable_rank", last: int = 3) -> dict:
+    """How one run's activation-spectrum head and gradient spectrum move over training.
+
+    records: the run's `SpectralCallback.records` (ordered by step). Returns
+    - rho: Spearman rank correlation between the record-to-record changes of `act_head_share`
+      and of `grad` (NaN with fewer than 3 changes or a constant series): do the two views move
+      together, beyond their common trend with training time?
+    - final values (mean over the last `last` records) of act_head_share and each gradient column;
+    - jitter: their peak-to-peak movement over the last `last` records, the yardstick against
+      which differences between runs count as distinct (as in notebook 06's section 2).
+    """
+    frame = records.sort_values("step")
+    d_head, d_grad = np.diff(frame["act_head_share"].to_numpy()), np.diff(frame[grad].to_numpy())
+    testable = d_head.size >= 3 and np.ptp(d_head) > 0 and np.ptp(d_grad) > 0
+    out = {"rho": float(stats.spearmanr(d_head, d_grad).statistic) if testable else float("nan")}
+    tail = frame.tail(last)
+    for col in ("act_head_share", *GRADIENT_COLUMNS):
+        out[f"final_{col}"] = float(tail[col].mean())
+        out[f"jitter_{col}"] = float(np.ptp(tail[col].to_numpy()))
+    return out
+

@@ -14,8 +14,11 @@ from tqdm.auto import tqdm
 from .adapters import WeightAdapter
 from .spectra import weight_metrics
 
-METRIC_COLUMNS = ["eff_rank", "stable_rank", "spectral_norm", "fro_norm", "alpha", "alpha_xmin", "mp_edge",
-                  "mp_signal_ratio"]
+METRIC_COLUMNS = ["eff_rank", "stable_rank", "spectral_norm", "fro_norm", "alpha", "alpha_xmin", "alpha_ks",
+                  "rank_slope", "mp_edge", "mp_signal_ratio"]
+# The Prisma write-up's "power-law alpha" of Prisma 357M and GPT-2 Medium (seed 000): a rank-slope
+# magnitude (`utils.spectra.rank_slope`), not WeightWatcher's alpha.
+PRISMA_ALPHA_RANGE = (0.25, 0.35)
 
 
 def weight_spectra(adapter: WeightAdapter, progress: bool = True) -> tuple[pd.DataFrame, dict]:

@@ -28,11 +28,18 @@ from tqdm.auto import tqdm
 
 from utils import Report, load_model, output_dir, save_npy, write_csv
 from utils.kernels import kernel_table
+from utils.parameters import apply_params_file
 from utils.plotting import heatmap, save_figure, subplots
 from utils.report import fmt
 from utils.subspaces import (
-    SIDES, chance_similarity, choose_reference_layer, ffn_alignment, index_trend, layer_subspaces,
-    overlap_statistics, similarity_matrix,
+    SIDES,
+    chance_similarity,
+    choose_reference_layer,
+    ffn_alignment,
+    index_trend,
+    layer_subspaces,
+    overlap_statistics,
+    similarity_matrix,
 )
 
 # %% tags=["parameters"]
@@ -41,6 +48,9 @@ output_root: str = "output"  # outputs go to <output_root>/<model>/03_subspace_g
 head: int = 0  # query head of the single-head analyses (the seed's HEAD)
 k: int = 20  # subspace rank; clipped to d_head (the largest rank a kernel can have)
 reference_layer: str = "auto"  # bottleneck reference layer: "auto" (chosen from the data) or a layer index
+
+# %%
+apply_params_file(globals(), "03_subspace_geometry")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 loaded = load_model(model)

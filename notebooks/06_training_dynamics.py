@@ -35,17 +35,10 @@ import pandas as pd
 from scipy import stats
 
 from utils import Report, output_dir
+from utils.parameters import apply_params_file
 from utils.plotting import heatmap, save_figure, subplots
 from utils.report import write_csv
-from utils.training import (
-    NanoGPTConfig,
-    SpectralCallback,
-    TokenData,
-    TrainConfig,
-    byte_tokenizer,
-    run_config_dict,
-    train,
-)
+from utils.training import NanoGPTConfig, SpectralCallback, TokenData, TrainConfig, byte_tokenizer, run_config_dict, train
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # only names the output folder: <output_root>/<model>/06_training_dynamics/ (06 trains its own models)
@@ -71,6 +64,9 @@ batch_sizes: list = [8, 16, 32]  # sweep (b), GELU; every run sees steps * batch
 forecast_fraction: float = 0.2  # sweep (b): the 'early' spectrum is the first record after this fraction of the token budget
 extra_sweeps: dict = {}  # further NerVE sweeps on the GELU base run, field -> values, e.g. {"norm_placement": ["preln", "postln", "none"]}
 save_checkpoints: bool = True  # save every run in HF format under checkpoints/<run>/
+
+# %%
+apply_params_file(globals(), "06_training_dynamics")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 out = output_dir(model, "06_training_dynamics", output_root)

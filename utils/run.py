@@ -89,12 +89,12 @@ def execute_notebook(notebook: str | Path, model: str | Path, output_root: str |
         source_ipynb = staging / f".{name}.source.ipynb"
         jupytext.write(jupytext.read(source), source_ipynb)
         with _staged(out, staging), tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
-            from jupyter_client import KernelManager
+            from traitlets.config import Config
 
-            kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "ipc"))
+            ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "ipc")}})
             papermill.execute_notebook(
                 str(source_ipynb), str(executed), parameters=values, cwd=str(NOTEBOOKS_DIR),
-                kernel_name="python3", progress_bar=False, log_output=log_output, km=kernel,
+                kernel_name="python3", progress_bar=False, log_output=log_output, config=ipc,
             )
         source_ipynb.unlink()
     except BaseException:
@@ -166,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             name = _source(args.notebook).stem
             failed = output_dir(params, name, args.output_root) / f"{name}.failed.ipynb"
             reason = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
-            print(f"{args.notebook:<24} {params.name:<16} FAILED after {time.perf_counter() - start:.0f} s: "
+            print(f"{name:<24} {params.name:<16} FAILED after {time.perf_counter() - start:.0f} s: "
                   f"{reason}\n  previous outputs kept; see {_shown(failed)}", file=sys.stderr)
             return 1
     except (ParamsError, ModelUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.notebook:<24} {params.name:<16} {time.perf_counter() - start:6.1f} s  {_shown(out)}")
+    print(f"{_source(args.notebook).stem:<24} {params.name:<16} {time.perf_counter() - start:6.1f} s  {_shown(out)}")
     return 0
 
 

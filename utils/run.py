@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-unavailable", action="store_true",
                         help="print one line and exit 0 when the model is not available offline")
     args = parser.parse_args(argv)
+    # make sends SIGTERM when interrupted: exit through Python so the staging folder is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         params = load_params(args.model)
         if args.skip_unavailable:

@@ -108,4 +108,4 @@ lab: $(STAMP) notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean:
-	rm -rf $(OUTPUT)/*/ notebooks/*.ipynb .pytest_cache
+	rm -rf $(OUTPUT)/*/ $(OUTPUT)/index.md $(OUTPUT)/index.html notebooks/*.ipynb .pytest_cache

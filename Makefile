@@ -22,15 +22,18 @@ UTILS := $(wildcard utils/*.py)
 STAMP := $(VENV)/.installed
 
 report = $(OUTPUT)/$(1)/$(2)/report.md
+INDEX := $(OUTPUT)/index.md
+comma := ,
 
-.PHONY: run all test bench lab setup notebooks clean help
+.PHONY: run all test lint bench lab setup notebooks clean help
 .DEFAULT_GOAL := run
 
 help:
 	@echo "make              run every notebook on MODEL=$(MODEL) (outputs in $(OUTPUT)/$(MODEL)/)"
 	@echo "make MODEL=name   the same for params/name.yaml ($(MODELS))"
 	@echo "make all          every notebook x every model available offline"
-	@echo "make test         the test suite;  make bench: benchmarks;  make lab: JupyterLab"
+	@echo "make test         ruff and the test suite;  make bench: benchmarks;  make lab: JupyterLab"
+	@echo "results: $(INDEX) and $(OUTPUT)/index.html (every model and notebook)"
 
 ## Environment ----------------------------------------------------------------------------------
 $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyproject.toml
@@ -46,14 +49,15 @@ setup: $(STAMP)
 
 ## Notebooks ------------------------------------------------------------------------------------
 notebooks/%.ipynb: notebooks/%.py $(STAMP)
-	$(PY) -m jupytext --quiet --to ipynb --output $@ $<
+	@$(PY) -m jupytext --quiet --to ipynb --output $@ $<
 
 notebooks: $(NOTEBOOKS:%=notebooks/%.ipynb)
 
 # One rule per (model, notebook): a notebook reruns when it, its params file or utils change.
+# utils.run prints one line per notebook with its time; a failed run keeps the previous outputs.
 define NOTEBOOK_RULE
 $(call report,$(1),$(2)): notebooks/$(2).ipynb params/$(1).yaml $(UTILS) $(STAMP)
-	$(PY) -m utils.run notebooks/$(2).ipynb $(1) --output-root $(OUTPUT) --skip-unavailable
+	@$(PY) -m utils.run notebooks/$(2).ipynb $(1) --output-root $(OUTPUT)
 endef
 $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(m),$(nb)))))
 
@@ -70,18 +74,39 @@ $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call report,$(m),$(nb))
 MODEL_INDEPENDENT := 06_training_dynamics 08_checkpoint_dynamics
 PER_MODEL := $(filter-out $(MODEL_INDEPENDENT),$(NOTEBOOKS))
 
-run: $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
-
 # Synthetic checkpoints (params/*-synthetic.yaml: random weights at 1B-7B shapes, written on first
 # use) are for benchmarks and scale tests; `all` leaves them out (they would add about an hour on
 # 2 CPU cores). Run one with `make MODEL=llama-3.2-1b-synthetic`.
 ALL_MODELS := $(filter-out %-synthetic,$(MODELS))
 
-all: run $(foreach m,$(ALL_MODELS),$(foreach nb,$(PER_MODEL),$(call report,$(m),$(nb))))
+# `make all`: one Python process decides which params files' models are available offline (one
+# line for each that is not) and which models notebook 07 of each compares it with (its
+# compare_with), so that 07 runs after the notebooks it READS_ of every model it compares.
+ifneq ($(filter all,$(MAKECMDGOALS)),)
+MODEL_INFO := $(shell test -x $(PY) || $(MAKE) -s --no-print-directory setup >&2; $(PY) -m utils.targets $(ALL_MODELS))
+AVAILABLE := $(foreach w,$(MODEL_INFO),$(firstword $(subst =, ,$(w))))
+compared = $(subst $(comma), ,$(word 2,$(subst =, ,$(filter $(1)=%,$(MODEL_INFO)))))
+$(foreach m,$(AVAILABLE),$(foreach nb,$(filter 07_model_comparison,$(NOTEBOOKS)),$(eval $(call report,$(m),$(nb)): \
+	$(foreach c,$(call compared,$(m)),$(foreach dep,$(filter $(NOTEBOOKS),$(READS_$(nb))),$(call report,$(c),$(dep)))))))
+INDEXED := $(foreach m,$(AVAILABLE),$(foreach nb,$(PER_MODEL),$(call report,$(m),$(nb)))) \
+	$(foreach nb,$(MODEL_INDEPENDENT),$(call report,$(MODEL),$(nb)))
+else
+INDEXED := $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
+endif
+
+run all: $(INDEX)
+
+# The index of every report under $(OUTPUT) (index.md per model and overall, index.html), rewritten
+# after the notebooks of the goal and whenever a report changed.
+$(INDEX): $(INDEXED) $(wildcard $(OUTPUT)/*/*/report.md) utils/index.py
+	@$(PY) -m utils.index $(OUTPUT)
 
 ## Tests, benchmarks, lab -----------------------------------------------------------------------
-test: $(STAMP)
+test: lint
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check
 
 bench: $(STAMP)
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
@@ -90,4 +115,4 @@ lab: $(STAMP) notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean:
-	rm -rf $(OUTPUT)/*/ notebooks/*.ipynb .pytest_cache
+	rm -rf $(OUTPUT)/*/ $(OUTPUT)/index.md $(OUTPUT)/index.html notebooks/*.ipynb .pytest_cache

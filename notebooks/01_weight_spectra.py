@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from utils import Report, load_weights, output_dir, write_csv
-from utils.plotting import depth_colors, save_figure, subplots
+from utils.parameters import apply_params_file
+from utils.plotting import depth_colorbar, depth_colors, save_figure, subplots
 from utils.spectra import RANK_SLOPE_TOP_FRACTION
 from utils.weights import PRISMA_ALPHA_RANGE, phase_table, sharpest_transitions, weight_spectra, weight_type_statistics
 
@@ -34,6 +35,9 @@ from utils.weights import PRISMA_ALPHA_RANGE, phase_table, sharpest_transitions,
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
 output_root: str = "output"  # outputs go to <output_root>/<model>/01_weight_spectra/
 heavy_tail_alpha: float = 2.0  # alpha below this counts as very heavy-tailed (WeightWatcher's bound)
+
+# %%
+apply_params_file(globals(), "01_weight_spectra")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 loaded = load_weights(model)  # streamed from safetensors when on disk, else the loaded model
@@ -132,6 +136,7 @@ for j, wt in enumerate(components):
 axes[0, 0].set_ylabel("singular value")
 axes[1, 0].set_ylabel("singular value (log-log)")
 fig.tight_layout()
+depth_colorbar(fig, axes, dims.L, label="layer (embedding and unembedding: black)")
 save_figure(fig, out / "spectra_by_component.png")
 
 # %% [markdown]

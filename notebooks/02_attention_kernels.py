@@ -27,6 +27,7 @@ import torch
 
 from utils import Report, load_weights, output_dir, write_csv
 from utils.kernels import complex_mask, components_for_energy, cumulative_energy, head_kernels, kernel_table
+from utils.parameters import apply_params_file
 from utils.plotting import heatmap, save_figure, subplots
 from utils.spectra import components_for_variance, cumulative_share, effective_rank, singular_values
 
@@ -36,6 +37,9 @@ output_root: str = "output"  # outputs go to <output_root>/<model>/02_attention_
 layer: int = -1  # layer of the single-head deep dive and the W_down SVD; -1: the middle layer L // 2
 head: int = 0  # query head of the single-head deep dive
 complex_rtol: float = 1e-6  # an eigenvalue counts as complex when |Im| > complex_rtol * max |lambda| of its head
+
+# %%
+apply_params_file(globals(), "02_attention_kernels")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 loaded = load_weights(model)  # streamed from safetensors when on disk, else the loaded model

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from utils import Report, load_weights, output_dir, save_npy, write_csv
 from utils.kernels import kernel_table
+from utils.parameters import apply_params_file
 from utils.plotting import heatmap, save_figure, subplots
 from utils.report import fmt
 from utils.subspaces import (
@@ -43,6 +44,9 @@ output_root: str = "output"  # outputs go to <output_root>/<model>/03_subspace_g
 head: int = 0  # query head of the single-head analyses (the seed's HEAD)
 k: int = 20  # subspace rank; clipped to d_head (the largest rank a kernel can have)
 reference_layer: str = "auto"  # bottleneck reference layer: "auto" (chosen from the data) or a layer index
+
+# %%
+apply_params_file(globals(), "03_subspace_geometry")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 loaded = load_weights(model)  # streamed from safetensors when on disk, else the loaded model

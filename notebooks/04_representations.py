@@ -28,14 +28,13 @@ import pandas as pd
 import torch
 from matplotlib.patches import Rectangle
 
-from utils import load_model, output_dir, Report, sample_tokens
-from utils.covariance import StreamingCovariance
+from utils import Report, load_model, output_dir, sample_tokens
 from utils.activations import collect_activations
+from utils.covariance import StreamingCovariance
+from utils.parameters import apply_params_file
 from utils.plotting import depth_colors, heatmap, line_panel, save_figure, subplots
 from utils.report import fmt, save_npy, write_csv
-from utils.representations import (
-    Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, cka_sample_warning, spectrum_metrics,
-)
+from utils.representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, cka_sample_warning, spectrum_metrics
 from utils.spectra import cumulative_share, effective_rank
 
 # %% tags=["parameters"]
@@ -53,6 +52,9 @@ block_threshold: float = 0.9  # adjacent-layer CKA at or above this joins layers
 lens_tokens: int = 512  # positions the logit lens evaluates; 0 means every position with a next token
 max_logit_elements: int = 16777216  # logits held at once; the lens works on this // V tokens at a time
 cache: bool = True  # reuse cached activation statistics (utils.models.cache_dir()/activations)
+
+# %%
+apply_params_file(globals(), "04_representations")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 loaded = load_model(model)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from utils import Report, load_model, output_dir, sample_tokens
 from utils.activations import collect_activations, default_ffn_budget, ffn_pass_plan
+from utils.parameters import apply_params_file
 from utils.plotting import save_figure, subplots
 from utils.report import save_npy, write_csv
 from utils.spectra import nerve_metrics, normalized
@@ -51,6 +52,9 @@ majority: float = 0.5  # a trend "holds overall" when it holds in more than this
 rank_rtol: float = 1e-10  # numerical rank counts eigenvalues above this fraction of the largest (at least D_ff x the accumulator's machine epsilon)
 dominant_share: float = 0.5  # a spectrum is dominated by one direction when its top eigenvalue holds more than this share
 cache: bool = False  # cache the accumulators (utils.models.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
+
+# %%
+apply_params_file(globals(), "05_ffn_eigenspectrum")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 loaded = load_model(model)

@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from utils import Report, output_dir
+from utils.parameters import apply_params_file
 from utils.plotting import depth_colors, heatmap, save_figure, subplots
 from utils.report import write_csv
 from utils.training import (
@@ -74,6 +75,9 @@ forecast_fraction: float = 0.2  # sweep (b): the 'early' spectrum is the first r
 extra_sweeps: dict = {}  # further NerVE sweeps on the GELU base run, field -> values, e.g. {"norm_placement": ["preln", "postln", "none"]}
 save_checkpoints: bool = True  # save every run in HF format under checkpoints/<run>/
 checkpoint_every: int = 20  # the base run (GELU, batch_size) also saves checkpoints/<run>/checkpoint-<step>/ (Trainer layout) at step 0 and every this many steps, a multiple of log_every (notebook 08 reads them); 0: none
+
+# %%
+apply_params_file(globals(), "06_training_dynamics")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 out = output_dir(model, "06_training_dynamics", output_root)

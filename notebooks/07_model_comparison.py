@@ -26,6 +26,7 @@ import pandas as pd
 from utils import Report, load_params, load_weights, output_dir, write_csv
 from utils.comparison import depth_profile, model_summary, relative_depth, weight_comparison
 from utils.models import ModelUnavailableError, check_available
+from utils.parameters import apply_params_file
 from utils.plotting import save_figure, subplots
 from utils.weights import weight_spectra
 
@@ -36,6 +37,9 @@ compare_with: list = ["gemma3-270m", "minilm-l6"]  # other params names or paths
 recompute: bool = False  # recompute weight spectra even where notebook 01's CSV exists
 depth_bins: int = 10  # relative-depth bins of the profiles (at most the shallowest model's layer count)
 heavy_tail_alpha: float = 2.0  # alpha below this counts as very heavy-tailed
+
+# %%
+apply_params_file(globals(), "07_model_comparison")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 reference = load_params(model)

@@ -39,6 +39,7 @@ from utils.checkpoint_series import (
     settle_verdict,
     trend_verdict,
 )
+from utils.parameters import apply_params_file
 from utils.plotting import heatmap, line_panel, save_figure, subplots
 from utils.report import write_csv
 
@@ -65,6 +66,9 @@ settle_tolerance: float = 0.25  # ... is at most this fraction of its range over
 forecast_lag: int = 2  # forecast: spectrum at checkpoint i against eval loss at checkpoint i + forecast_lag
 early_fraction: float = 0.5  # forecast: 'early' checkpoints lie in this first fraction of the step span
 from_step: int = 1  # verdicts use the checkpoints at or after this step (1: all but a step-0 random initialisation; 0: all); figures show all
+
+# %%
+apply_params_file(globals(), "08_checkpoint_dynamics")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
 params = load_params(model)

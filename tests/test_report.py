@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from utils.plotting import save_figure, subplots
-from utils.report import Report, atomic_path, output_dir, save_npy, write_csv
+from utils.report import STAGE_ENV, Report, atomic_path, output_dir, save_npy, unique_path, write_csv, write_text
 
 
 def test_failed_write_keeps_the_good_file(tmp_path):
@@ -48,3 +50,33 @@ def test_report_markdown(tmp_path):
 def test_output_dir_layout(tmp_path):
     assert output_dir("m", "01_x", tmp_path) == tmp_path / "m" / "01_x"
     assert (tmp_path / "m" / "01_x").is_dir()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_ordinary_permissions_under_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        files = [
+            write_text(tmp_path / "report.md", "# r\n"),
+            write_csv(pd.DataFrame({"a": [1]}), tmp_path / "t.csv"),
+            save_npy(np.zeros(2), tmp_path / "a.npy"),
+        ]
+        fig, _ = subplots(1, 1)
+        files.append(save_figure(fig, tmp_path / "f.png", close=True))
+        folder = unique_path(tmp_path, ".staging-", directory=True)
+    finally:
+        os.umask(previous)
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_dir()) == ["a.npy", "f.png", "report.md", "t.csv"]
+
+
+def test_output_dir_of_a_staged_run(tmp_path, monkeypatch):
+    staging = tmp_path / "m" / ".01_x.staging-0"
+    staging.mkdir(parents=True)
+    monkeypatch.setenv(STAGE_ENV, f"{tmp_path / 'm' / '01_x'}{os.pathsep}{staging}")
+    assert output_dir("m", "01_x", tmp_path) == staging
+    assert not (tmp_path / "m" / "01_x").exists()  # the run's own folder is swapped in by utils.run
+    assert output_dir("m", "02_y", tmp_path) == tmp_path / "m" / "02_y"  # other notebooks' folders as usual
+    assert output_dir("other/m.yaml", "01_x", tmp_path) == staging  # a params path is named by its stem

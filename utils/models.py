@@ -38,6 +38,24 @@ class ModelTooLargeError(RuntimeError):
     pass
 
 
+class TokenizerMismatchError(RuntimeError):
+    """The tokenizer emits ids the model's embedding has no row for."""
+
+
+def check_tokenizer(tokenizer, config, params: Params, where: str) -> None:
+    """Raise TokenizerMismatchError when the tokenizer's largest id is not below the embedding's
+    row count (config vocab_size): a tokenizer copied from another model would make every
+    forward pass fail inside the embedding with an IndexError."""
+    rows = getattr(getattr(config, "text_config", None) or config, "vocab_size", None)
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if rows is not None and top >= rows:
+        raise TokenizerMismatchError(
+            f"{params.name}: the tokenizer in {where} has token ids up to {top} ({len(tokenizer)} tokens), but the "
+            f"model's embedding has only {rows} rows (config vocab_size), so it does not belong to these weights. "
+            "Put the tokenizer files that came with the checkpoint beside its weights."
+        )
+
+
 def cache_dir() -> Path:
     """Root of the model cache: $TRANSFORMER_SPECTRA_CACHE or <repo>/.cache."""
     root = Path(os.environ.get("TRANSFORMER_SPECTRA_CACHE", REPO_ROOT / ".cache"))
@@ -204,7 +222,9 @@ def _random_model(params: Params):
     model = _auto_class(params).from_config(config, attn_implementation="eager")
     if s.get("tokenizer", "bytes") != "bytes":
         raise ModelUnavailableError(f"{params.path}: random models support tokenizer 'bytes' only")
-    return model, nanogpt.byte_tokenizer()
+    tokenizer = nanogpt.byte_tokenizer()
+    check_tokenizer(tokenizer, config, params, "the byte tokenizer")
+    return model, tokenizer
 
 
 def _estimate_bytes(config, dtype: torch.dtype) -> int:
@@ -278,8 +298,9 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
             common["revision"] = s["revision"]
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
         _check_fits(config, params)
-        model = _auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
+        check_tokenizer(tokenizer, config, params, str(directory))
+        model = _auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
     if params.device != "auto":
         model = _place(model, params)
     model.eval()

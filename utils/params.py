@@ -48,6 +48,7 @@ _TOP_KEYS = {
     "trust_remote_code": (bool, False),
     "notebooks": (dict, False),
 }
+PARAMS_KEYS = tuple(_TOP_KEYS)  # the top-level keys a params file may hold
 _SOURCE_KEYS = {
     "hub": {"kind": (str, True), "id": (str, True), "revision": (str, False)},
     "local": {"kind": (str, True), "path": (str, True)},
@@ -127,11 +128,20 @@ def available_params() -> list[str]:
     return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
 
 
-def load_params(name_or_path: str | Path) -> Params:
-    """Read and validate a params file (yaml.safe_load; no code is executed)."""
+def load_params(name_or_path: str | Path | Params) -> Params:
+    """Read and validate a params file (yaml.safe_load; no code is executed). A Params is returned
+    as it is."""
+    if isinstance(name_or_path, Params):
+        return name_or_path
     path = resolve_params_path(name_or_path)
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
+    return params_from_mapping(raw, path)
+
+
+def params_from_mapping(raw, path: Path, name: str | None = None) -> Params:
+    """Validate the content of a params file (`path` names it in messages; the params name is its
+    stem unless `name` is given)."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     _check_keys(raw, _TOP_KEYS, "the top level", path)
@@ -156,4 +166,4 @@ def load_params(name_or_path: str | Path) -> Params:
         if not isinstance(overrides, dict):
             raise ParamsError(f"{path}: notebooks.{nb} must be a mapping of parameter overrides")
     fields = {k: v for k, v in raw.items() if k != "source"}
-    return Params(name=path.stem, path=path, source=dict(source), **fields)
+    return Params(name=name or Path(path).stem, path=Path(path), source=dict(source), **fields)

@@ -37,8 +37,10 @@ def subplots(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float =
 
 def heatmap(ax, matrix: np.ndarray, title: str, xlabel: str, ylabel: str, cbar_label: str = "",
             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis"):
-    """imshow heatmap with a colour bar; rows are the y axis (e.g. layers), columns the x axis."""
+    """imshow heatmap with a colour bar; rows are the y axis (e.g. layers), columns the x axis. The
+    style's grid is switched off: its lines would cross the cells."""
     im = ax.imshow(matrix, aspect="auto", cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax, origin="upper")
+    ax.grid(False)
     ax.figure.colorbar(im, ax=ax, label=cbar_label)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -49,6 +51,16 @@ def heatmap(ax, matrix: np.ndarray, title: str, xlabel: str, ylabel: str, cbar_l
 def depth_colors(n: int, cmap: str = "coolwarm") -> list:
     """n colours from early (blue) to late (red) layers."""
     return [plt.get_cmap(cmap)(x) for x in np.linspace(0, 1, max(n, 2))][:n]
+
+
+def depth_colorbar(fig, axes, n: int, cmap: str = "coolwarm", label: str = "layer"):
+    """The colour bar of `depth_colors(n, cmap)`: layer 0 to n - 1, beside `axes` (one or many)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0, max(n - 1, 1)), cmap=plt.get_cmap(cmap))
+    columns = np.atleast_2d(np.asarray(axes, dtype=object)).shape[1]  # a bar as wide as for one panel
+    return fig.colorbar(mappable, ax=axes, label=label, fraction=0.15 / columns, pad=0.1 / columns)
 
 
 def line_panel(ax, x: Sequence, series: dict, title: str, xlabel: str, ylabel: str, marker: str = "."):

@@ -2,14 +2,19 @@
 
 Every file a notebook writes goes through `atomic_path`: content is written to a temporary file
 in the same directory and renamed over the target, so an interrupted or failed run never leaves
-a half-written file where a good one was.
+a half-written file where a good one was. Temporary files are created with mode 0666 (0777 for
+folders) minus the user's umask, so outputs get ordinary permissions (0644 under umask 022).
+
+A run started by `utils.run` is staged: it sets STAGE_ENV to "<output folder><os.pathsep><staging
+folder>", and `output_dir` of that notebook returns the staging folder, which `utils.run` swaps
+in only when the notebook succeeds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +22,42 @@ import pandas as pd
 
 from .params import REPO_ROOT, Params
 
+STAGE_ENV = "TRANSFORMER_SPECTRA_STAGE"
+
 
 def output_dir(params: Params | str, notebook: str, output_root: str | Path = "output") -> Path:
     """<output_root>/<params name>/<notebook>/, created; a relative root resolves from the repo root
-    (so a kernel started in notebooks/ writes to the same place as `make`)."""
-    name = params.name if isinstance(params, Params) else str(params)
+    (so a kernel started in notebooks/ writes to the same place as `make`). Inside a run staged by
+    `utils.run` (STAGE_ENV set), that run's own folder is replaced by its staging folder."""
+    if isinstance(params, Params):
+        name = params.name
+    else:  # a params name, or a path to a params file (named by its stem)
+        name = Path(params).stem if str(params).endswith((".yaml", ".yml")) else str(params)
     root = Path(output_root)
     if not root.is_absolute():
         root = REPO_ROOT / root
     path = root / name / notebook
+    final, sep, staging = os.environ.get(STAGE_ENV, "").partition(os.pathsep)
+    if sep and Path(final).resolve() == path.resolve():
+        return Path(staging)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def unique_path(parent: str | Path, prefix: str, suffix: str = "", directory: bool = False) -> Path:
+    """Create a new empty file (or folder) with a random name in `parent`, with the permissions of
+    an ordinary file (0666, folders 0777) minus the umask, unlike tempfile's private 0600/0700."""
+    parent = Path(parent)
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return path
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -35,8 +65,7 @@ def atomic_path(target: str | Path):
     """Yield a temporary path next to `target`; on success rename it to `target`, else delete it."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    tmp = unique_path(target.parent, f".{target.stem}.", target.suffix)
     try:
         yield Path(tmp)
         os.replace(tmp, target)

@@ -3,24 +3,37 @@
     python -m utils.run 01_weight_spectra smollm2-135m [--output-root output] [-p key=value ...]
 
 Parameters are validated against the notebook's cell tagged `parameters` and the params file is
-validated before any kernel starts. The executed notebook is written to
-`<output_root>/<params name>/<notebook>/<notebook>.ipynb` via a temporary file; a failed run
-keeps the previous good copy and leaves the failed one beside it as `<notebook>.failed.ipynb`.
+validated before any kernel starts.
+
+A run is staged: the notebook writes into a fresh hidden folder beside its output folder
+`<output_root>/<params name>/<notebook>/` (the kernel inherits report.STAGE_ENV, which
+`output_dir` reads), and the executed notebook is saved there as `<notebook>.ipynb`. Only when the
+notebook succeeds does the staging folder replace the output folder, so a failed run leaves the
+previous run's outputs as they were, with the failed executed notebook beside them as
+`<notebook>.failed.ipynb`. (Interactive runs in JupyterLab write to the output folder directly.)
+
+The kernel is reached over IPC sockets in a private temporary folder rather than TCP ports on
+localhost, which keeps the traffic off the network (and ipykernel's warning about unencrypted TCP
+off the terminal).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
 from .models import ModelUnavailableError, check_available
 from .params import REPO_ROOT, ParamsError, load_params
-from .report import output_dir
+from .report import STAGE_ENV, output_dir, unique_path
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -71,30 +84,50 @@ def execute_notebook(notebook: str | Path, model: str | Path, output_root: str |
     out = output_dir(params, name, output_root)
     root = Path(output_root) if Path(output_root).is_absolute() else REPO_ROOT / output_root
     values = {"model": str(model), "output_root": str(root), **overrides}
-    fd, tmp_in = tempfile.mkstemp(suffix=".ipynb", prefix=f".{name}.in.", dir=out)
-    os.close(fd)
-    fd, tmp_out = tempfile.mkstemp(suffix=".ipynb", prefix=f".{name}.out.", dir=out)
-    os.close(fd)
+    staging = unique_path(out.parent, f".{name}.staging-", directory=True)
+    executed = staging / f"{name}.ipynb"
     try:
-        jupytext.write(jupytext.read(source), tmp_in)
-        try:
+        source_ipynb = staging / f".{name}.source.ipynb"
+        jupytext.write(jupytext.read(source), source_ipynb)
+        with _staged(out, staging), tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
+            from traitlets.config import Config
+
+            ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "ipc")}})
             papermill.execute_notebook(
-                tmp_in, tmp_out, parameters=values, cwd=str(NOTEBOOKS_DIR), kernel_name="python3",
-                progress_bar=False, log_output=log_output,
+                str(source_ipynb), str(executed), parameters=values, cwd=str(NOTEBOOKS_DIR),
+                kernel_name="python3", progress_bar=False, log_output=log_output, config=ipc,
             )
-        except BaseException:
-            if os.path.getsize(tmp_out):
-                os.replace(tmp_out, out / f"{name}.failed.ipynb")
-            raise
-        os.replace(tmp_out, out / f"{name}.ipynb")
-        failed = out / f"{name}.failed.ipynb"
-        if failed.exists():
-            failed.unlink()
-    finally:
-        for tmp in (tmp_in, tmp_out):
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        source_ipynb.unlink()
+    except BaseException:
+        if executed.exists() and executed.stat().st_size:
+            os.replace(executed, out / f"{name}.failed.ipynb")
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, out)
     return out
+
+
+@contextlib.contextmanager
+def _staged(out: Path, staging: Path):
+    """Point the kernel's `output_dir` for `out` at `staging` (the kernel inherits the environment)."""
+    previous = os.environ.get(STAGE_ENV)
+    os.environ[STAGE_ENV] = f"{out}{os.pathsep}{staging}"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[STAGE_ENV]
+        else:
+            os.environ[STAGE_ENV] = previous
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace the folder `out` by `staging` (two renames; the old folder is then deleted)."""
+    old = out.parent / f".{out.name}.old-{staging.name.rsplit('-', 1)[-1]}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _parse_value(text: str):
@@ -111,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-unavailable", action="store_true",
                         help="print one line and exit 0 when the model is not available offline")
     args = parser.parse_args(argv)
+    # make sends SIGTERM when interrupted: exit through Python so the staging folder is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         params = load_params(args.model)
         if args.skip_unavailable:
@@ -125,12 +160,30 @@ def main(argv: list[str] | None = None) -> int:
             if not sep:
                 raise ParamsError(f"-p expects KEY=VALUE, got {item!r}")
             overrides[key] = _parse_value(value)
-        out = execute_notebook(args.notebook, args.model, args.output_root, overrides, log_output=False)
+        start = time.perf_counter()
+        try:
+            out = execute_notebook(args.notebook, args.model, args.output_root, overrides, log_output=False)
+        except (ParamsError, ModelUnavailableError):
+            raise
+        except Exception as err:  # the notebook failed: one line, not papermill's whole traceback
+            name = _source(args.notebook).stem
+            failed = output_dir(params, name, args.output_root) / f"{name}.failed.ipynb"
+            reason = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
+            print(f"{name:<24} {params.name:<16} FAILED after {time.perf_counter() - start:.0f} s: "
+                  f"{reason}\n  previous outputs kept; see {_shown(failed)}", file=sys.stderr)
+            return 1
     except (ParamsError, ModelUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.notebook} for {params.name}: {out}")
+    print(f"{_source(args.notebook).stem:<24} {params.name:<16} {time.perf_counter() - start:6.1f} s  {_shown(out)}")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it lies below it."""
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    return str(path)
 
 
 if __name__ == "__main__":

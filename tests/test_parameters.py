@@ -1,0 +1,106 @@
+"""A notebook's parameters: the parameters cell as papermill reads it, and `apply_params_file`
+resolving the model and the params file's overrides for every way of running a notebook."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+import yaml
+from papermill.translators import PythonTranslator
+
+from utils.parameters import NOTEBOOKS_DIR, apply_params_file, injected_names, parameters_cell, params_file_model
+from utils.params import PARAMS_DIR, ParamsError, load_params
+from utils.run import notebook_names, notebook_parameters
+
+from .conftest import TESTS_DIR
+
+NB = "01_weight_spectra"
+TINY = yaml.safe_load((TESTS_DIR / "params" / "tiny-llama.yaml").read_text())
+
+
+@pytest.mark.parametrize("notebook", notebook_names())
+def test_parameters_cell_agrees_with_papermill(notebook):
+    ours = parameters_cell(notebook)
+    theirs = notebook_parameters(NOTEBOOKS_DIR / f"{notebook}.py")
+    assert list(ours) == list(theirs)
+    assert ours == {name: ast.literal_eval(p["default"]) for name, p in theirs.items()}
+
+
+def _namespace(injected: dict | None, **edits) -> dict:
+    """A notebook's globals after its parameters cell, papermill's injected cell (if any) and the
+    cell calling apply_params_file, as IPython records them in `In`."""
+    namespace = {**parameters_cell(NB), **edits}
+    history = ["", "model: str = ...  # the parameters cell"]
+    if injected is not None:
+        namespace.update(injected)
+        history.append(PythonTranslator.codify(injected))
+    namespace["In"] = history + [f'apply_params_file(globals(), "{NB}")']
+    return namespace
+
+
+@pytest.fixture
+def params_file(tmp_path):
+    """A tiny model's params file with an override for notebook 01."""
+    path = tmp_path / "tiny-with-overrides.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "notebooks": {NB: {"heavy_tail_alpha": 3.5}}}))
+    return path
+
+
+def test_injected_names_come_from_papermills_cell():
+    assert injected_names(_namespace({"model": "x", "heavy_tail_alpha": 1.5})) == {"model", "heavy_tail_alpha"}
+    assert injected_names(_namespace(None)) is None
+    assert injected_names({}) is None
+
+
+def test_papermill_p_model_applies_the_files_overrides(params_file):
+    namespace = _namespace({"model": str(params_file)})
+    assert apply_params_file(namespace, NB) == {"heavy_tail_alpha": 3.5}
+    assert namespace["heavy_tail_alpha"] == 3.5 and namespace["model"] == str(params_file)
+
+
+def test_an_explicit_parameter_beats_the_files_override(params_file):
+    namespace = _namespace({"model": str(params_file), "heavy_tail_alpha": 2.0})  # 2.0 is also the default
+    assert apply_params_file(namespace, NB) == {}
+    assert namespace["heavy_tail_alpha"] == 2.0
+
+
+def test_interactive_runs_keep_parameters_edited_by_hand(params_file):
+    untouched = _namespace(None, model=str(params_file))
+    apply_params_file(untouched, NB)
+    assert untouched["heavy_tail_alpha"] == 3.5
+    edited = _namespace(None, model=str(params_file), heavy_tail_alpha=1.25)
+    apply_params_file(edited, NB)
+    assert edited["heavy_tail_alpha"] == 1.25
+
+
+def test_papermill_f_with_a_file_outside_params(params_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path / "cache"))
+    content = yaml.safe_load(params_file.read_text())
+    namespace = _namespace(content)
+    assert apply_params_file(namespace, NB) == {"heavy_tail_alpha": 3.5}
+    assert not set(content) & set(namespace)  # the file's keys are gone from the notebook's namespace
+    params = load_params(namespace["model"])
+    assert params.name.startswith("random-llama-") and params.path.parent == tmp_path / "cache" / "params"
+    assert yaml.safe_load(params.path.read_text()) == content
+    assert params_file_model(content) == namespace["model"]  # the same content, the same name
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "minilm-l6"])
+def test_papermill_f_with_a_file_in_params_uses_its_name(name):
+    content = yaml.safe_load((PARAMS_DIR / f"{name}.yaml").read_text())
+    namespace = _namespace(content)
+    apply_params_file(namespace, NB)
+    assert namespace["model"] == name
+
+
+def test_papermill_f_and_p_model_together_are_refused():
+    with pytest.raises(ParamsError, match="pass one of them, not both"):
+        apply_params_file(_namespace({**TINY, "model": "smollm2-135m"}), NB)
+
+
+def test_an_override_that_is_not_a_parameter(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "notebooks": {NB: {"heavy_tail": 3}}}))
+    with pytest.raises(ParamsError, match=r"bad.yaml: notebooks.01_weight_spectra sets \['heavy_tail'\]"):
+        apply_params_file(_namespace({"model": str(path)}), NB)

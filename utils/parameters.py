@@ -1,0 +1,145 @@
+"""A notebook's parameters: its cell tagged `parameters`, and what papermill injects after it.
+
+Every notebook calls `apply_params_file(globals(), "NN_name")` in the cell after its parameters
+cell, so that each way of running it analyses the same model with the same settings:
+
+- `papermill NB.ipynb out.ipynb -p model <name or path>` (and `make`, `utils.run`): the params
+  file's `notebooks:` overrides for this notebook apply to every parameter not given explicitly.
+- `papermill NB.ipynb out.ipynb -f params/<name>.yaml`: papermill injects the file's top-level keys
+  (description, source, dtype, ...) as variables. They are gathered back into a params file: the
+  file in params/ with that content, so that outputs go to output/<name>/, or else a copy written
+  to <cache>/params/<slug>-<hash>.yaml, so that outputs go to output/<slug>-<hash>/. Its
+  overrides apply as above; `-f` together with `-p model` is refused as ambiguous.
+- Interactive (JupyterLab, no injected cell): overrides apply to the parameters still at the
+  values the notebook's source gives them; a parameter edited by hand is kept.
+
+Which names papermill set is read from the kernel's input history: papermill's injected cell,
+which starts with "# Parameters", runs just before the cell calling `apply_params_file`.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from pathlib import Path
+
+import yaml
+
+from .params import PARAMS_DIR, PARAMS_KEYS, REPO_ROOT, ParamsError, load_params, params_from_mapping
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+PAPERMILL_HEADER = "# Parameters"  # first line of the cell papermill injects
+
+
+def parameters_cell(source: str | Path) -> dict:
+    """name -> default of the annotated literals in the cell tagged `parameters` of a jupytext
+    percent notebook (a notebook name such as '01_weight_spectra', or a path to its .py)."""
+    path = Path(source)
+    if path.suffix != ".py":
+        path = NOTEBOOKS_DIR / f"{source}.py"
+    lines, inside = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# %%"):
+            if inside:
+                break
+            inside = "parameters" in line and "tags=" in line
+        elif inside:
+            lines.append(line)
+    if not inside:
+        raise ParamsError(f"{path} has no cell tagged 'parameters'")
+    defaults = {}
+    for node in ast.parse("\n".join(lines)).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            defaults[node.target.id] = ast.literal_eval(node.value)
+        elif isinstance(node, ast.Assign):
+            value = ast.literal_eval(node.value)
+            defaults.update({t.id: value for t in node.targets if isinstance(t, ast.Name)})
+    return defaults
+
+
+def injected_names(namespace: dict) -> set[str] | None:
+    """Names assigned by papermill's injected cell when it is the cell run just before the current
+    one (IPython's input history `In`); None when it is not (an interactive run)."""
+    history = namespace.get("In")
+    if not isinstance(history, list) or len(history) < 2:
+        return None
+    previous = history[-2]
+    if not previous.lstrip().startswith(PAPERMILL_HEADER):
+        return None
+    names = set()
+    for node in ast.parse(previous).body:
+        if isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _slug(source: dict) -> str:
+    kind = source.get("kind")
+    if kind == "hub":
+        stem = str(source.get("id", "")).split("/")[-1]
+    elif kind == "random":
+        stem = f"random-{source.get('model_type', '')}"
+    elif kind == "bundled":
+        stem = str(source.get("package", ""))
+    else:
+        stem = Path(str(source.get("path") or source.get("file") or "model")).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
+
+
+def params_file_model(mapping: dict, cache: Path | None = None) -> str:
+    """The `model` value for params-file content passed with papermill -f: the params name whose
+    file in params/ holds exactly this content, else the path of a copy in <cache>/params/."""
+    for path in sorted(PARAMS_DIR.glob("*.yaml")):
+        if yaml.safe_load(path.read_text(encoding="utf-8")) == mapping:
+            return path.stem
+    params_from_mapping(mapping, Path("<papermill -f parameters>"))  # validate before writing
+    text = yaml.safe_dump(mapping, sort_keys=True)
+    name = f"{_slug(mapping['source'])}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    if cache is None:
+        from .models import cache_dir
+
+        cache = cache_dir()
+    path = Path(cache) / "params" / f"{name}.yaml"
+    if not path.exists():
+        from .report import write_text
+
+        write_text(path, "# params passed to papermill with -f; written by utils.parameters\n" + text)
+    return str(path)
+
+
+def apply_params_file(namespace: dict, notebook: str) -> dict:
+    """Resolve `model` and apply the params file's overrides for `notebook` in a notebook's
+    namespace (its globals()), as the module doc describes. Returns the overrides applied."""
+    defaults = parameters_cell(notebook)
+    injected = injected_names(namespace)
+    if injected is None:
+        explicit = {k for k, v in defaults.items() if namespace.get(k, v) != v}
+    else:
+        explicit = injected
+    file_keys = sorted((injected or set()) & set(PARAMS_KEYS))
+    if "source" in file_keys:
+        if "model" in explicit:
+            raise ParamsError(
+                "papermill was given a params file (-f: its keys " + ", ".join(file_keys) + ") and "
+                f"-p model {namespace.get('model')!r}: pass one of them, not both"
+            )
+        namespace["model"] = params_file_model({k: namespace[k] for k in file_keys})
+        for key in file_keys:  # the file's keys are not notebook parameters: restore or remove them
+            if key in defaults:
+                namespace[key] = defaults[key]
+            else:
+                namespace.pop(key, None)
+        print(f"papermill -f: analysing params {load_params(namespace['model']).name!r} "
+              f"(model = {namespace['model']!r})")
+    params = load_params(namespace["model"])
+    overrides = params.notebook_overrides(notebook)
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ParamsError(f"{params.path}: notebooks.{notebook} sets {unknown}, which are not parameters of "
+                          f"{notebook}; it takes: {sorted(defaults)}")
+    applied = {k: v for k, v in overrides.items() if k not in explicit and namespace.get(k) != v}
+    namespace.update(applied)
+    if applied:
+        print(f"{params.path.name}: notebooks.{notebook} sets " + ", ".join(f"{k}={v!r}" for k, v in applied.items()))
+    return applied

@@ -12,6 +12,9 @@ so no notebook branches on architecture. An adapter exposes, per block:
   the FFN pre-activation), `ffn_post_module(i)` (its input is the FFN post-activation);
 plus `embedding()`, `unembedding()`, `final_norm`, `logits(h)`.
 
+`CheckpointAdapter` gives the same weight vocabulary (`WeightAdapter`: no hook points) from a
+checkpoint's safetensors, one tensor at a time, with tensor names derived from the same table.
+
 Supported families and the one place to extend: the `FAMILIES` table at the bottom of this file.
 """
 

@@ -271,13 +271,13 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
         origin = f"random init of {s['model_type']} (seed {s.get('seed', 0)})"
     else:
         directory, origin = _checkpoint_location(params)
-        local = _local_dir(params, directory)
-        if local is not None:
-            check_checkpoint_dir(local)  # pickle-only, truncated or corrupt: a clear error first
         if s["kind"] == "hub" and s.get("revision"):
             common["revision"] = s["revision"]
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
         _check_fits(config, params)
+        local = _local_dir(params, directory)
+        if local is not None:
+            check_checkpoint_dir(local)  # pickle-only, truncated or corrupt: a clear error before loading
         model = _auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
     if params.device != "auto":

@@ -74,16 +74,12 @@ $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call report,$(m),$(nb))
 MODEL_INDEPENDENT := 06_training_dynamics 08_checkpoint_dynamics
 PER_MODEL := $(filter-out $(MODEL_INDEPENDENT),$(NOTEBOOKS))
 
-# Synthetic checkpoints (params/*-synthetic.yaml: random weights at 1B-7B shapes, written on first
-# use) are for benchmarks and scale tests; `all` leaves them out (they would add about an hour on
-# 2 CPU cores). Run one with `make MODEL=llama-3.2-1b-synthetic`.
-ALL_MODELS := $(filter-out %-synthetic,$(MODELS))
-
 # `make all`: one Python process decides which params files' models are available offline (one
 # line for each that is not) and which models notebook 07 of each compares it with (its
 # compare_with), so that 07 runs after the notebooks it READS_ of every model it compares.
+# Synthetic 1B-7B checkpoints are left out of `all` (utils.targets.models_for_all).
 ifneq ($(filter all,$(MAKECMDGOALS)),)
-MODEL_INFO := $(shell test -x $(PY) || $(MAKE) -s --no-print-directory setup >&2; $(PY) -m utils.targets $(ALL_MODELS))
+MODEL_INFO := $(shell test -x $(PY) || $(MAKE) -s --no-print-directory setup >&2; $(PY) -m utils.targets $(MODELS))
 AVAILABLE := $(foreach w,$(MODEL_INFO),$(firstword $(subst =, ,$(w))))
 compared = $(subst $(comma), ,$(word 2,$(subst =, ,$(filter $(1)=%,$(MODEL_INFO)))))
 $(foreach m,$(AVAILABLE),$(foreach nb,$(filter 07_model_comparison,$(NOTEBOOKS)),$(eval $(call report,$(m),$(nb)): \

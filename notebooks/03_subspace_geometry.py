@@ -33,8 +33,17 @@ from utils.parameters import apply_params_file
 from utils.plotting import heatmap, save_figure, subplots
 from utils.report import fmt
 from utils.subspaces import (
-    SIDES, alignment_verdict, chance_similarity, choose_reference_layer, convergence_verdict,
-    ffn_alignment, index_trend, layer_subspaces, overlap_statistics, overlap_verdict, phase_boundaries,
+    SIDES,
+    alignment_verdict,
+    chance_similarity,
+    choose_reference_layer,
+    convergence_verdict,
+    ffn_alignment,
+    index_trend,
+    layer_subspaces,
+    overlap_statistics,
+    overlap_verdict,
+    phase_boundaries,
     similarity_matrix,
 )
 

@@ -43,13 +43,14 @@ corpus: str = "stdlib-docs"  # "stdlib-docs" (offline), "file:<path or glob>", o
 n_sequences: int = 64  # token windows; 64 x 128 gives 8192 tokens, at least 4 per FFN dimension up to D_ff 2048
 seq_len: int = 128  # tokens per window
 seed: int = 0  # window choice
-skip_first: int = 1  # first positions of every window left out of the main statistics (attention sinks with massive activations); all-token metrics (NerVE's setting) are reported beside them from the same pass
+# skip_first: the all-token metrics (NerVE's setting) are reported beside the sink-free ones, from the same pass
+skip_first: int = 1  # first positions of every window left out of the main statistics (attention sinks)
 batch_size: int = 8  # windows per forward pass
 spectra_layers: list = []  # layers whose spectra are plotted (negative counts from the end); empty list: first, middle, last
 ffn_memory_mb: int = 0  # budget for the FFN accumulators held at once (2 D_ff^2 4 bytes per layer in float32); 0: half the memory free after loading
 accumulator: str = "float32"  # FFN accumulator storage: "float32" (per-batch centring, Chan et al. merge) or "float64"
 majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
-rank_rtol: float = 1e-10  # numerical rank counts eigenvalues above this fraction of the largest (at least the accumulator's rounding: batches x machine epsilon)
+rank_rtol: float = 1e-10  # numerical rank: eigenvalues above this fraction of the largest (at least batches x machine epsilon)
 dominant_share: float = 0.5  # a spectrum is dominated by one direction when its top eigenvalue holds more than this share
 cache: bool = False  # cache the accumulators (utils.models.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
 

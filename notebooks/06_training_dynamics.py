@@ -39,16 +39,7 @@ from utils import Report, output_dir
 from utils.parameters import apply_params_file
 from utils.plotting import depth_colors, heatmap, save_figure, subplots
 from utils.report import write_csv
-from utils.training import (
-    NanoGPTConfig,
-    SpectralCallback,
-    TokenData,
-    TrainConfig,
-    byte_tokenizer,
-    head_gradient_movement,
-    run_config_dict,
-    train,
-)
+from utils.training import NanoGPTConfig, SpectralCallback, TokenData, TrainConfig, byte_tokenizer, head_gradient_movement, run_config_dict, train
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # only names the output folder: <output_root>/<model>/06_training_dynamics/ (06 trains its own models)
@@ -74,7 +65,8 @@ batch_sizes: list = [8, 16, 32]  # sweep (b), GELU; every run sees steps * batch
 forecast_fraction: float = 0.2  # sweep (b): the 'early' spectrum is the first record after this fraction of the token budget
 extra_sweeps: dict = {}  # further NerVE sweeps on the GELU base run, field -> values, e.g. {"norm_placement": ["preln", "postln", "none"]}
 save_checkpoints: bool = True  # save every run in HF format under checkpoints/<run>/
-checkpoint_every: int = 20  # the base run (GELU, batch_size) also saves checkpoints/<run>/checkpoint-<step>/ (Trainer layout) at step 0 and every this many steps, a multiple of log_every (notebook 08 reads them); 0: none
+# checkpoint_every: the base run (GELU, batch_size) saves checkpoints/<run>/checkpoint-<step>/ (Trainer layout) for notebook 08
+checkpoint_every: int = 20  # at step 0 and every this many steps, a multiple of log_every; 0: none
 
 # %%
 apply_params_file(globals(), "06_training_dynamics")  # papermill -f params/<name>.yaml; the params file's overrides

@@ -31,22 +31,17 @@ import numpy as np
 import pandas as pd
 
 from utils import Report, load_params, output_dir
-from utils.checkpoint_series import (
-    forecast_verdict,
-    layer_step_matrix,
-    measure_series,
-    series_from_parameters,
-    settle_verdict,
-    trend_verdict,
-)
+from utils.checkpoint_series import forecast_verdict, layer_step_matrix, measure_series, series_from_parameters, settle_verdict, trend_verdict
 from utils.parameters import apply_params_file
 from utils.plotting import heatmap, line_panel, save_figure, subplots
 from utils.report import write_csv
 
 # %% tags=["parameters"]
-model: str = "smollm2-135m"  # params name or path: names the series' output folder <output_root>/<model>/08_checkpoint_dynamics/; its dtype/device/task load every checkpoint
+# model names the output folder <output_root>/<model>/08_checkpoint_dynamics/; its dtype/device/task load every checkpoint
+model: str = "smollm2-135m"  # params name or path
 output_root: str = "output"  # root of all outputs (the default series is read from <output_root>/<model>/06_training_dynamics/checkpoints/)
-checkpoints: str = ""  # glob of local checkpoint directories, e.g. "runs/my-run/checkpoint-*" (relative to the repository root); "" and no revisions/params_list: notebook 06's base run
+# checkpoints: relative to the repository root; "" with no revisions/params_list: notebook 06's base run
+checkpoints: str = ""  # glob of local checkpoint directories, e.g. "runs/my-run/checkpoint-*"
 revisions: list = []  # hub revisions of one model, e.g. ["step1000", "step8000", "step143000"] (Pythia); steps from the names
 hub_id: str = ""  # hub id for `revisions`; "": the params file's own hub id
 params_list: list = []  # params names or paths, one checkpoint each
@@ -242,7 +237,7 @@ for m, f in forecasts.items():
 findings.append(
     "Caveat: within one run every quantity moves with the step, so a correlation with the step or with later loss "
     "shows co-movement, not cause; Spectral Lens's forecast is a claim across runs (notebook 06 section 2 tests "
-    f"that form). Verdicts on fewer than about 10 checkpoints are anecdotes.")
+    "that form). Verdicts on fewer than about 10 checkpoints are anecdotes.")
 for line in findings:
     print("-", line)
 verdicts

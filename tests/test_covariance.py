@@ -25,7 +25,9 @@ def test_streaming_matches_direct():
 def test_merge_and_state_round_trip():
     X = torch.randn(300, 5)
     a, b, whole = StreamingCovariance(5), StreamingCovariance(5), StreamingCovariance(5)
-    a.update(X[:100]); b.update(X[100:]); whole.update(X)
+    a.update(X[:100])
+    b.update(X[100:])
+    whole.update(X)
     a.merge(b)
     assert torch.allclose(a.covariance(), whole.covariance())
     restored = StreamingCovariance.from_state_dict(whole.state_dict())
@@ -81,7 +83,8 @@ def test_merge_equals_direct_in_both_dtypes_and_old_api():
     X = torch.randn(700, 6, dtype=torch.float64) * 2 + 50
     for dtype in ("float32", "float64"):
         a, b = StreamingCovariance(6, dtype=dtype), StreamingCovariance(6, dtype=dtype)
-        a.update(X[:650].float()); b.update(X[650:].float())
+        a.update(X[:650].float())
+        b.update(X[650:].float())
         a.merge(b)
         ref = np.cov(X.float().double().numpy(), rowvar=False)
         err = np.abs(a.covariance().numpy() - ref).max() / np.abs(ref).max()

@@ -9,14 +9,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from utils.adapters import AttentionWeights
-from utils.kernels import (
-    COMPLEX_RTOL,
-    components_for_energy,
-    cumulative_energy,
-    head_kernels,
-    kernel_table,
-    layer_metrics,
-)
+from utils.kernels import COMPLEX_RTOL, components_for_energy, cumulative_energy, head_kernels, kernel_table, layer_metrics
 from utils.spectra import effective_rank
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.adapters import get_adapter
 from utils.models import load_model
 
 from .conftest import tiny_model_ids, tiny_models

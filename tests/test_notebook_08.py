@@ -111,7 +111,9 @@ def test_notebook_08_trajectory_matches_direct_metrics(run_notebook, series_dir)
     for step in steps:
         expected = direct_metrics(run / f"checkpoint-{step}", tokens.input_ids, PARAMETERS["skip_first"])
         for (layer, metric), value in expected.items():
-            assert table[(step, layer, metric)] == pytest.approx(value, rel=1e-6, abs=1e-9), (step, layer, metric)
+            # the engine's FFN covariances accumulate in float32 (centred per batch): NerVE metrics
+            # agree with the float64 reference to ~1e-7 absolute, as in notebook 05's test
+            assert table[(step, layer, metric)] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, layer, metric)
 
     # verdicts recomputed from trajectory.csv with scipy, following the notebook's stated rules
     # (default from_step = 1: the step-0 initialisation is left out of the verdicts)

@@ -10,9 +10,7 @@ import torch
 from utils import load_model
 from utils.activations import collect_activations
 from utils.corpus import TokenSample
-from utils.representations import (
-    Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, cka_sample_warning, linear_cka,
-)
+from utils.representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, cka_sample_warning, linear_cka
 
 from .conftest import tiny_causal_models, tiny_model_ids, tiny_models
 

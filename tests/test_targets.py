@@ -15,7 +15,7 @@ import utils.targets
 from utils.parameters import parameters_cell
 from utils.params import REPO_ROOT
 from utils.run import notebook_names
-from utils.targets import available_models, compared_models, main
+from utils.targets import available_models, compared_models, main, models_for_all
 
 from .conftest import TESTS_DIR
 
@@ -60,7 +60,7 @@ def _dry_run(tmp_path, goal):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_all_runs_07_after_the_models_it_compares(tmp_path):
     runs, done = _dry_run(tmp_path, "all")
-    available, skipped = available_models(utils.params.available_params())
+    available, skipped = available_models(models_for_all(utils.params.available_params()))
     assert done.stderr.count("skip ") == len(skipped)  # one line per unavailable model, once
     assert {model for _, model in runs} == set(available)
     assert done.stdout.rstrip().splitlines()[-1].endswith(f"utils.index {tmp_path}")

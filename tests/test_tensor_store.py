@@ -16,13 +16,7 @@ from safetensors.torch import save_file
 from utils.adapters import CheckpointAdapter
 from utils.models import LoadedModel, StreamedWeights, load_model, load_weights
 from utils.spectra import entry_std, gram_matrix, singular_values
-from utils.tensor_store import (
-    CorruptCheckpointError,
-    NonFiniteWeightError,
-    TensorStore,
-    UnsafeCheckpointError,
-    check_finite,
-)
+from utils.tensor_store import CorruptCheckpointError, NonFiniteWeightError, TensorStore, UnsafeCheckpointError, check_finite
 from utils.weights import weight_spectra
 
 from .conftest import TESTS_DIR, tiny_model_ids, tiny_models

@@ -3,29 +3,26 @@
 The public API, re-exported from the modules that define it.
 """
 
+from .activations import ActivationStats, BatchActivations, collect_activations
 from .adapters import (
     AttentionWeights,
-    FFNWeights,
     CheckpointAdapter,
+    FFNWeights,
     ModelAdapter,
     ModelDims,
-    WeightAdapter,
     UnsupportedArchitectureError,
+    WeightAdapter,
     get_adapter,
     get_model_dims,
 )
+from .comparison import weight_comparison
 from .corpus import load_corpus, sample_tokens
 from .covariance import StreamingCovariance
+from .kernels import HeadKernels, head_kernels, kernel_table, layer_metrics
 from .models import LoadedModel, ModelTooLargeError, ModelUnavailableError, StreamedWeights, load_model, load_weights
-from .tensor_store import (
-    CheckpointError,
-    CorruptCheckpointError,
-    NonFiniteWeightError,
-    TensorStore,
-    UnsafeCheckpointError,
-)
 from .params import Params, ParamsError, load_params
 from .report import Report, output_dir, save_npy, write_csv, write_text
+from .representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, linear_cka
 from .spectra import (
     components_for_variance,
     cumulative_share,
@@ -43,7 +40,6 @@ from .spectra import (
     stable_rank,
     weight_metrics,
 )
-from .kernels import HeadKernels, head_kernels, kernel_table, layer_metrics
 from .subspaces import (
     chance_similarity,
     energy_in_subspace,
@@ -53,8 +49,6 @@ from .subspaces import (
     similarity_matrix,
     subspace_similarity,
 )
-from .activations import ActivationStats, BatchActivations, collect_activations
-from .representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, linear_cka
+from .tensor_store import CheckpointError, CorruptCheckpointError, NonFiniteWeightError, TensorStore, UnsafeCheckpointError
 from .training import SpectralCallback, SpectralTrainerCallback, TokenData, TrainConfig, byte_tokenizer, train
 from .weights import weight_spectra
-from .comparison import weight_comparison

@@ -29,13 +29,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    PreTrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 

@@ -23,13 +23,13 @@ so its logits are the model's own.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pandas as pd
 import torch
 
 from .activations import ActivationStats, BatchActivations
 from .spectra import components_for_variance, effective_rank, participation_ratio
-
 
 # --- CKA --------------------------------------------------------------------------------------
 

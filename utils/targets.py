@@ -19,6 +19,13 @@ from .params import PARAMS_DIR, ParamsError, load_params, resolve_params_path
 COMPARISON = ("07_model_comparison", "compare_with")  # the notebook comparing models, and its parameter
 
 
+def models_for_all(names: list[str]) -> list[str]:
+    """The params names `make all` covers: all but synthetic checkpoints (`kind: synthetic`, random
+    weights at 1B-7B shapes for scale benchmarks, about an hour each on 2 CPU cores; run one with
+    `make MODEL=<name>`)."""
+    return [name for name in names if load_params(name).source["kind"] != "synthetic"]
+
+
 def available_models(names: list[str]) -> tuple[list[str], dict[str, str]]:
     """(names available offline, {unavailable name: reason with the fix})."""
     available, skipped = [], {}
@@ -50,7 +57,7 @@ def compared_models(name: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = list(sys.argv[1:] if argv is None else argv)
+    names = models_for_all(list(sys.argv[1:] if argv is None else argv))
     available, skipped = available_models(names)
     for name, reason in skipped.items():
         print("skip " + (reason if reason.startswith(f"{name}:") else f"{name}: {reason}"), file=sys.stderr)

@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from torch.func import functional_call, grad, vmap
 from scipy import stats
+from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import TrainerCallback, TrainerState
 

@@ -12,8 +12,6 @@ import hashlib
 import importlib
 import importlib.util
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from . import nanogpt  # noqa: F401  (registers spectra_nanogpt with the Auto classes)
 from .adapters import CheckpointAdapter, ModelAdapter, family_of, get_adapter
 from .params import REPO_ROOT, Params, load_params
+from .report import atomic_directory
 from .tensor_store import TensorStore, check_checkpoint_dir, check_finite
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +62,26 @@ def cache_dir() -> Path:
     return root
 
 
+def _model_table(params: Params, origin: str, adapter, model_type: str, n_parameters: int) -> dict:
+    """Facts for a report's configuration table (loaded or streamed weights alike)."""
+    d = adapter.dims
+    return {
+        "params": params.name,
+        "source": origin,
+        "architecture": f"{adapter.family.name} ({model_type})",
+        "quantization of source": params.quantization,
+        "dtype": params.dtype,
+        "layers (L)": d.L,
+        "hidden size (d)": d.d,
+        "FFN width (d_ff)": d.d_ff,
+        "query heads (h)": d.h,
+        "KV heads (GQA)": d.GQA,
+        "head dim (d_head)": d.d_head,
+        "vocabulary (V)": d.V,
+        "parameters": n_parameters,
+    }
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -78,22 +97,8 @@ class LoadedModel:
 
     def describe(self) -> dict:
         """Facts for a report's configuration table."""
-        d = self.adapter.dims
-        return {
-            "params": self.params.name,
-            "source": self.origin,
-            "architecture": f"{self.adapter.family.name} ({self.model.config.model_type})",
-            "quantization of source": self.params.quantization,
-            "dtype": self.params.dtype,
-            "layers (L)": d.L,
-            "hidden size (d)": d.d,
-            "FFN width (d_ff)": d.d_ff,
-            "query heads (h)": d.h,
-            "KV heads (GQA)": d.GQA,
-            "head dim (d_head)": d.d_head,
-            "vocabulary (V)": d.V,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-        }
+        return _model_table(self.params, self.origin, self.adapter, self.model.config.model_type,
+                            sum(p.numel() for p in self.model.parameters()))
 
 
 # --- locating files ---------------------------------------------------------------------------
@@ -202,16 +207,10 @@ def _dequantized_dir(gguf: Path, params: Params) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{gguf}\n")
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -356,23 +355,10 @@ class StreamedWeights:
 
     def describe(self) -> dict:
         """Facts for a report's configuration table (as `LoadedModel.describe`)."""
-        d, store = self.adapter.dims, self.adapter.store
-        return {
-            "params": self.params.name,
-            "source": self.origin,
-            "architecture": f"{self.adapter.family.name} ({self.adapter.top_config.model_type})",
-            "quantization of source": self.params.quantization,
-            "dtype": self.params.dtype,
-            "layers (L)": d.L,
-            "hidden size (d)": d.d,
-            "FFN width (d_ff)": d.d_ff,
-            "query heads (h)": d.h,
-            "KV heads (GQA)": d.GQA,
-            "head dim (d_head)": d.d_head,
-            "vocabulary (V)": d.V,
-            "parameters": sum(torch.Size(store.shape(n)).numel() for n in store.names),
-            "weights read": "streamed from safetensors, one tensor at a time",
-        }
+        store = self.adapter.store
+        table = _model_table(self.params, self.origin, self.adapter, self.adapter.top_config.model_type,
+                             sum(torch.Size(store.shape(n)).numel() for n in store.names))
+        return {**table, "weights read": "streamed from safetensors, one tensor at a time"}
 
 
 def open_checkpoint(params_or_name: Params | str) -> StreamedWeights | None:

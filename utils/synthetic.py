@@ -28,15 +28,15 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from .report import atomic_directory
 
 # Public configs (config.json on the HF hub), shape-defining fields only.
 SHAPES: dict[str, dict] = {
@@ -213,9 +213,7 @@ def write_checkpoint(shape: str | dict, out_dir: str | Path, seed: int = 0, shar
     shards = plan_shards(specs, int(shard_gb * 2**30))
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         config.save_pretrained(tmp)
         for name in _TOKENIZER_FILES:
             if (tok_dir / name).exists():
@@ -231,12 +229,6 @@ def write_checkpoint(shape: str | dict, out_dir: str | Path, seed: int = 0, shar
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "SOURCE").write_text(f"utils.synthetic shape={shape if isinstance(shape, str) else 'custom'} "
                                     f"seed={seed}\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +45,7 @@ from utils.adapters import get_adapter
 from utils.corpus import DEFAULT_CORPUS, load_corpus
 from utils.covariance import StreamingCovariance
 from utils.nanogpt import NanoGPTConfig, NanoGPTForCausalLM, byte_tokenizer
+from utils.report import atomic_directory
 from utils.spectra import cumulative_share, effective_rank, nerve_metrics, power_law_slope, stable_rank
 
 __all__ = [
@@ -318,21 +316,13 @@ def save_trainer_checkpoint(model: nn.Module, directory: str | Path, step: int, 
     `log_history` (dicts with "step" and "loss" or "eval_loss", Trainer's keys). Written to a
     temporary directory and renamed, so a checkpoint directory is complete or absent."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         state = TrainerState(global_step=step, max_steps=max_steps, save_steps=save_steps,
                              log_history=[dict(h) for h in log_history])
         state.save_to_json(str(tmp / "trainer_state.json"))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

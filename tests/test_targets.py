@@ -3,6 +3,7 @@ it reads of every model it compares."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -52,7 +53,11 @@ def test_main_prints_one_line_for_make(params_dir, capsys):
 
 
 def _dry_run(tmp_path, goal):
-    done = subprocess.run(["make", "-n", goal, f"OUTPUT={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    # a fresh make, also when the tests run under `make test` (no inherited MAKEFLAGS/MAKELEVEL,
+    # whose sub-make would print "Entering/Leaving directory" lines)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    done = subprocess.run(["make", "--no-print-directory", "-n", goal, f"OUTPUT={tmp_path}"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True, env=env)
     runs = [tuple(m.groups()) for m in re.finditer(r"utils\.run notebooks/(\S+)\.ipynb (\S+) ", done.stdout)]
     return runs, done
 

@@ -47,10 +47,11 @@ def single_threaded_lapack():
         torch.set_num_threads(previous)
 
 
-# Matrix size from which a multi-threaded eigvalsh beats a single-threaded one on the reference
-# machine (2 cores, MKL; measured by bench/bench_lapack.py, see docs/benchmarks.md): below it one
-# thread is faster. Under load (other processes on the cores) MKL's threads are 3-10x slower at
-# every size measured, so the threads are used only while a core is idle.
+# Matrix size from which eigvalsh may use every core. bench/bench_lapack.py on the reference machine
+# (2 cores, MKL; docs/benchmarks.md): idle, 2 threads are 1.3-1.4x faster at every n from 256 to
+# 4096; under load MKL's threads are 3-10x slower at every n. The 1-minute load average lags, so
+# threads are used only for large problems (where a wrong guess costs least relative to the gain)
+# and only while a core is idle; 2048 is that conservative choice, not a measured crossover.
 LAPACK_THREADS_CROSSOVER = 2048
 
 

@@ -52,7 +52,7 @@ seed: int = 0  # window choice
 skip_first: int = 1  # first positions of every window left out of the statistics (attention sinks)
 batch_size: int = 8  # windows per forward pass
 tail_window: list = [8, 64]  # rank window [start, stop) of the activation-spectrum power-law tail slope (Spectral Lens)
-ffn_memory_mb: int = 2048  # budget for the FFN accumulators of one pass; above it the engine splits the FFN layers into more passes
+ffn_memory_mb: int = 0  # FFN accumulator budget of one pass (more layers: more passes); 0: half the memory free after loading
 cache: bool = True  # keep each checkpoint's measurements (cache_dir()/checkpoint_series): a rerun measures only new checkpoints
 rho_min: float = 0.5  # a layer follows a trend when its Spearman correlation with the step, signed as claimed, is at least this
 majority: float = 0.5  # a claim HOLDS when more than this fraction of layers follows it
@@ -69,7 +69,7 @@ apply_params_file(globals(), "08_checkpoint_dynamics")  # papermill -f params/<n
 params = load_params(model)
 out = output_dir(params, "08_checkpoint_dynamics", output_root)
 for name, value, low in [("n_sequences", n_sequences, 1), ("seq_len", seq_len, 2), ("batch_size", batch_size, 1),
-                         ("ffn_memory_mb", ffn_memory_mb, 1), ("forecast_lag", forecast_lag, 1)]:
+                         ("ffn_memory_mb", ffn_memory_mb, 0), ("forecast_lag", forecast_lag, 1)]:
     if value < low:
         raise ValueError(f"parameter {name} must be >= {low}, got {value}")
 if not 0 <= skip_first < seq_len:

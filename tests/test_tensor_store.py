@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from utils.adapters import CheckpointAdapter
 from utils.models import LoadedModel, StreamedWeights, load_model, load_weights
+from utils.params import load_params
 from utils.spectra import entry_std, gram_matrix, singular_values
 from utils.tensor_store import CorruptCheckpointError, NonFiniteWeightError, TensorStore, UnsafeCheckpointError, check_finite
 from utils.weights import weight_spectra
@@ -233,3 +234,50 @@ def test_count_nonfinite_in_blocks_equals_whole_count():
     for block in (1, 37, 100, 10**6):
         assert count_nonfinite(W, block_elements=block) == expected
     assert count_nonfinite(torch.tensor([1.0, float("nan")])) == 1
+
+
+def _fake_hub_cache(root: Path, repo_id: str, source: Path) -> str:
+    """Lay `source`'s files out as huggingface_hub does: blobs, a snapshot of symlinks, refs/main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted(p for p in source.iterdir() if p.suffix in (".json", ".safetensors"))):
+        blob = repo / "blobs" / f"blob{i}"
+        blob.write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(Path("../..") / "blobs" / blob.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_hub_model_streamed_from_the_hf_cache(tmp_path, monkeypatch):
+    """A `kind: hub` params file whose model is in the local HF cache (sharded, symlinked
+    snapshot) streams from the snapshot, offline, with the loaded model's numbers; one that is
+    not cached is refused with the fix."""
+    import huggingface_hub.constants
+
+    from utils.models import ModelUnavailableError, check_available
+
+    loaded = load_model(str(TESTS_DIR / "params" / "tiny-llama.yaml"))
+    saved = tmp_path / "saved"
+    loaded.model.save_pretrained(saved, safe_serialization=True, max_shard_size="100KB")
+    cache = tmp_path / "hub"
+    commit = _fake_hub_cache(cache, "test-org/tiny-llama", saved)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    params = tmp_path / "hub.yaml"
+    params.write_text(yaml.safe_dump({"source": {"kind": "hub", "id": "test-org/tiny-llama"}, "task": "causal_lm"}))
+    check_available(load_params(params), offline=True)
+    streamed = load_weights(str(params))
+    assert isinstance(streamed, StreamedWeights)
+    assert commit in str(streamed.adapter.store.files[0])  # read from the snapshot, not downloaded
+    assert len(streamed.adapter.store.files) > 1  # the index's shards resolved through symlinks
+    pd.testing.assert_frame_equal(weight_spectra(loaded.adapter, progress=False)[0],
+                                  weight_spectra(streamed.adapter, progress=False)[0], check_exact=True)
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"source": {"kind": "hub", "id": "test-org/not-cached"}, "task": "causal_lm"}))
+    with pytest.raises(ModelUnavailableError, match="not in the local HF cache"):
+        check_available(load_params(missing), offline=True)

@@ -50,7 +50,7 @@ import torch
 from scipy import stats as sps
 from tqdm.auto import tqdm
 
-from .activations import collect_activations
+from .activations import collect_activations, default_ffn_budget
 from .corpus import TokenSample, sample_tokens
 from .models import LoadedModel, cache_dir, load_model
 from .params import REPO_ROOT, Params, load_params
@@ -273,10 +273,12 @@ def _save_cached(key: dict, rows: pd.DataFrame) -> None:
 # --- measuring one checkpoint ---------------------------------------------------------------------
 
 def measure_checkpoint(loaded: LoadedModel, tokens: TokenSample, *, skip_first: int = 1, batch_size: int = 8,
-                       tail_window: Sequence[int] = (8, 64), ffn_memory_mb: int = 2048,
+                       tail_window: Sequence[int] = (8, 64), ffn_memory_mb: int = 0,
                        progress: bool = False) -> pd.DataFrame:
     """Long table (layer, metric, value) of one loaded model: weight metrics, NerVE metrics of every
-    FFN and residual activation spectra, from one pass of the activation engine (module doc)."""
+    FFN and residual activation spectra, from one pass of the activation engine (module doc).
+    `ffn_memory_mb` bounds the FFN accumulators of one pass; 0: half the memory free after loading
+    (`default_ffn_budget`, as notebook 05)."""
     adapter = loaded.adapter
     L = adapter.dims.L
     max_positions = getattr(loaded.model.config, "max_position_embeddings", None)
@@ -288,7 +290,8 @@ def measure_checkpoint(loaded: LoadedModel, tokens: TokenSample, *, skip_first: 
     for r in weights.itertuples():
         rows += [(int(r.layer), f"w.{r.weight}.{m}", float(getattr(r, m))) for m in WEIGHT_METRICS]
     stats = collect_activations(loaded, tokens, residual=True, ffn_layers=range(L), batch_size=batch_size,
-                                cache=False, skip_first=skip_first, ffn_memory_bytes=ffn_memory_mb << 20)
+                                cache=False, skip_first=skip_first,
+                                ffn_memory_bytes=(ffn_memory_mb << 20) or default_ffn_budget(next(loaded.model.parameters()).device))
     for i in range(L):  # one layer's eigenvalues at a time; the accumulators are freed as we go
         pre, post = stats.ffn_pre.pop(i).eigenvalues(), stats.ffn_post.pop(i).eigenvalues()
         rows += [(i, f"nerve.{k}", v) for k, v in nerve_metrics(pre.cpu().numpy(), post.cpu().numpy()).items()]
@@ -326,7 +329,7 @@ class SeriesResult:
 
 def measure_series(series: Series, *, corpus: str = "stdlib-docs", n_sequences: int = 32, seq_len: int = 128,
                    seed: int = 0, skip_first: int = 1, batch_size: int = 8, tail_window: Sequence[int] = (8, 64),
-                   ffn_memory_mb: int = 2048, cache: bool = True, progress: bool = True) -> SeriesResult:
+                   ffn_memory_mb: int = 0, cache: bool = True, progress: bool = True) -> SeriesResult:
     """Measure every checkpoint of a series (cached ones are read back, not loaded); see module doc."""
     tokens = sample_tokens(load_tokenizer(series.checkpoints[0].params), corpus, n_sequences, seq_len, seed)
     settings = {"skip_first": skip_first, "tail_window": list(tail_window), "weight_metrics": list(WEIGHT_METRICS)}

@@ -71,8 +71,8 @@ pd.DataFrame([loaded.describe()]).T
 
 # %%
 kern = head_kernels(attn, scaled=True)
-lam = kern.eigenvalues()[head].numpy()  # (d_head,) complex, by descending |lambda|
-sv = kern.singular_values()[head].numpy()  # (d_head,)
+lam = kern.eigenvalues()[head].cpu().numpy()  # (d_head,) complex, by descending |lambda|
+sv = kern.singular_values()[head].cpu().numpy()  # (d_head,)
 mag = np.abs(lam)
 is_complex = complex_mask(torch.from_numpy(lam)[None], complex_rtol)[0].numpy()
 n_complex = int(is_complex.sum())
@@ -148,7 +148,7 @@ plt.show()
 head_means = eff.mean(axis=0)
 low_threshold, high_threshold = np.percentile(head_means, 25), np.percentile(head_means, 75)
 category = np.where(head_means <= low_threshold, "low-rank", np.where(head_means >= high_threshold, "high-rank", "mid"))
-per_head = pd.DataFrame({"head": np.arange(h), "kv_head": attn.kv_head_of.numpy(), "mean": head_means,
+per_head = pd.DataFrame({"head": np.arange(h), "kv_head": attn.kv_head_of.cpu().numpy(), "mean": head_means,
                          "std": eff.std(axis=0), "min": eff.min(axis=0), "max": eff.max(axis=0),
                          "asymmetry": grids["asymmetry"].mean(axis=0), "frac_complex": grids["frac_complex"].mean(axis=0),
                          "category": category})

@@ -86,7 +86,7 @@ pd.DataFrame([loaded.describe()]).T
 # %%
 subspaces = {side: torch.stack([layer_subspaces(adapter, layer, K, side) for layer in tqdm(range(L), desc=side)])
              for side in SIDES}  # side -> (L, h, K, d)
-similarity = {side: similarity_matrix(subs.transpose(0, 1)).numpy() for side, subs in subspaces.items()}  # (h, L, L)
+similarity = {side: similarity_matrix(subs.transpose(0, 1)).cpu().numpy() for side, subs in subspaces.items()}  # (h, L, L)
 head_mean = {side: sims.mean(axis=0) for side, sims in similarity.items()}
 save_npy(head_mean["key"], out / "subspace_similarity.npy")
 save_npy(similarity["key"][head], out / f"subspace_similarity_head{head}.npy")
@@ -189,9 +189,9 @@ for layer in tqdm(range(L), desc="FFN alignment"):
     for side in SIDES:
         shares = ffn_alignment(ffn, subspaces[side][layer])  # name -> (h,)
         gate = shares.get("gate", torch.full((h,), float("nan")))
-        rows.append(pd.DataFrame({"layer": layer, "head": np.arange(h), "kv_head": adapter.attention(layer).kv_head_of.numpy(),
-                                  "side": side, "alignment": shares["all"].numpy(), "alignment_in": shares["in"].numpy(),
-                                  "alignment_gate": gate.numpy(), "chance": chance}))
+        rows.append(pd.DataFrame({"layer": layer, "head": np.arange(h), "kv_head": adapter.attention(layer).kv_head_of.cpu().numpy(),
+                                  "side": side, "alignment": shares["all"].cpu().numpy(), "alignment_in": shares["in"].cpu().numpy(),
+                                  "alignment_gate": gate.cpu().numpy(), "chance": chance}))
 alignment = pd.concat(rows, ignore_index=True)
 write_csv(alignment, out / "ffn_attn_alignment.csv")
 align_layer = (alignment.groupby(["side", "layer"]).alignment.agg(["mean", "std"]).reset_index())

@@ -198,7 +198,7 @@ emb_acc = StreamingCovariance(d)
 for rows in adapter.embedding().split(16384):
     emb_acc.update(rows)
 emb_eigs = emb_acc.eigenvalues().numpy()
-emb_singular = np.sqrt(np.clip(np.linalg.eigvalsh(emb_acc.sum_outer.numpy())[::-1], 0, None))  # of E (V, d)
+emb_singular = np.sqrt(np.clip(np.linalg.eigvalsh(emb_acc.sum_outer.cpu().numpy())[::-1], 0, None))  # of E (V, d)
 final_eigs = stats.residual[L + 1].eigenvalues().numpy()
 emb_metrics, final_metrics = spectrum_metrics(emb_eigs), spectrum_metrics(final_eigs)
 comparison = pd.DataFrame([

@@ -324,11 +324,14 @@ class CheckpointAdapter(WeightAdapter):
     unembedding (config `tie_word_embeddings`, HF's default) is the embedding itself. Tensors
     keep their stored dtype unless `dtype` is narrower (then they are rounded to it, as the
     loaded model would be); every consumer works in float64. Nothing is cached: each call reads
-    what it returns, so memory is bounded by one block (or the embedding).
+    what it returns, so memory is bounded by one block (or the embedding). Tensors are moved to
+    `device` as they are read (params `device: cuda`/`auto` with a GPU: the Gram products and
+    eigensolvers of notebooks 01-03 then run there).
     """
 
-    def __init__(self, store, config, family: Family, causal_lm: bool = True, dtype: torch.dtype | None = None):
-        self.store, self.family, self.dtype = store, family, dtype
+    def __init__(self, store, config, family: Family, causal_lm: bool = True, dtype: torch.dtype | None = None,
+                 device: torch.device | str = "cpu"):
+        self.store, self.family, self.dtype, self.device = store, family, dtype, torch.device(device)
         self.top_config = config
         self.config = getattr(config, "text_config", None) or config
         self.causal_lm = causal_lm and family.causal_lm
@@ -358,10 +361,12 @@ class CheckpointAdapter(WeightAdapter):
         return shape[::-1] if self.family.conv1d else shape
 
     def _read(self, name: str) -> torch.Tensor:
+        """One tensor, on `device`, in `dtype` unless its stored dtype holds it exactly (bf16 stays bf16)."""
         t = self.store.get(name)
+        dtype = t.dtype
         if self.dtype is not None and t.dtype != self.dtype and not _exact_in(t.dtype, self.dtype):
-            t = t.to(self.dtype)
-        return t
+            dtype = self.dtype
+        return t.to(self.device, dtype)
 
     def _matrix(self, path: str) -> torch.Tensor:
         """A block matrix as (out, in)."""

@@ -108,10 +108,11 @@ class StreamingCovariance:
         return 0.5 * (cov + cov.T)
 
     def eigenvalues(self) -> torch.Tensor:
-        """Eigenvalues of the covariance (float64), descending, clipped at 0 (eigvalsh: values only)."""
+        """Eigenvalues of the covariance (float64, on the CPU), descending, clipped at 0
+        (eigvalsh, values only, on the accumulator's device)."""
         cov = self.covariance()
         if cov.is_cuda:
-            return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
+            return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0).cpu()
         with lapack_threads(self.dim):
             return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
 

@@ -142,20 +142,20 @@ def layer_metrics(attn: AttentionWeights, scaled: bool = True, rtol: float = COM
     eff_rank is the seed's exp-entropy of the singular values (zeros add nothing), in [1, d_head];
     frac_complex is the share of the d_head possibly-nonzero eigenvalues that are complex;
     magnitudes include the score scale when `scaled`."""
-    kern = head_kernels(attn, scaled=scaled)
-    lam = kern.eigenvalues()  # (h, m)
-    s = kern.singular_values()  # (h, m)
+    kern = head_kernels(attn, scaled=scaled)  # on the weights' device
+    lam = kern.eigenvalues().cpu()  # (h, m)
+    s = kern.singular_values().cpu()  # (h, m)
     n_complex = complex_mask(lam, rtol).sum(dim=-1)
     return pd.DataFrame({
         "head": np.arange(lam.shape[0]),
-        "kv_head": attn.kv_head_of.numpy(),
+        "kv_head": attn.kv_head_of.cpu().numpy(),
         "eff_rank": [effective_rank(row) for row in s],
-        "asymmetry": kern.asymmetry().numpy(),
+        "asymmetry": kern.asymmetry().cpu().numpy(),
         "frac_complex": (n_complex / kern.d_head).numpy(),
         "top_eig_abs": lam[:, 0].abs().numpy(),
         "n_complex": n_complex.numpy(),
         "top_sv": s[:, 0].numpy(),
-        "fro_norm": kern.frobenius_sq().sqrt().numpy(),
+        "fro_norm": kern.frobenius_sq().sqrt().cpu().numpy(),
         "n99_energy": [components_for_energy(row.numpy()) for row in lam],
     })
 

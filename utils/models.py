@@ -375,8 +375,9 @@ def open_checkpoint(params_or_name: Params | str) -> StreamedWeights | None:
     if local is None:
         return None
     config = AutoConfig.from_pretrained(str(local), trust_remote_code=params.trust_remote_code)
+    device = "cuda" if params.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
     adapter = CheckpointAdapter(TensorStore(local), config, family_of(config),
-                                causal_lm=params.task == "causal_lm", dtype=_DTYPES[params.dtype])
+                                causal_lm=params.task == "causal_lm", dtype=_DTYPES[params.dtype], device=device)
     return StreamedWeights(adapter, params, time.perf_counter() - start, origin)
 
 

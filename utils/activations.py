@@ -258,13 +258,15 @@ def _run_pass(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, stat_m
     rows_mask: list[torch.Tensor] = []  # current batch's flat masks (statistics, skipped), on device
     last_block = L - 1 if keep_states else max(ffn_layers)
 
+    # Masks go to each activation's device: with `device: auto` (accelerate's device_map) later
+    # blocks may sit on another GPU than the first parameter; `.to` is a no-op on one device.
     def real_rows(x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (n_real, D)
-        return x.reshape(-1, x.shape[-1])[rows_mask[0]]
+        return x.reshape(-1, x.shape[-1])[rows_mask[0].to(x.device)]
 
     def ffn_rows(kind: str, i: int, x: torch.Tensor) -> None:
         (pre if kind == "pre" else post)[i].update(real_rows(x))
         if keep_skipped:
-            skipped[kind][i].append(x.reshape(-1, x.shape[-1])[rows_mask[1]].float().cpu())
+            skipped[kind][i].append(x.reshape(-1, x.shape[-1])[rows_mask[1].to(x.device)].float().cpu())
 
     def on_block(i):
         def hook(module, args, output):
@@ -289,7 +291,7 @@ def _run_pass(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, stat_m
         # The final norm applied by hand to the last block output: the same module call the
         # model makes (verified against HF hidden_states[-1] and the model's logits in tests).
         states[L + 1] = adapter.apply_final_norm(states[L])
-        batch_states = [states[j] for j in range(L + 2)]  # each (B, S, d)
+        batch_states = [states[j].to(device) for j in range(L + 2)]  # each (B, S, d), on the accumulators' device
         if residual:
             lo, hi = start * seq_len, (start + b_ids.shape[0]) * seq_len
             slot = ((positions >= lo) & (positions < hi)).nonzero().squeeze(1)  # rows of `samples`

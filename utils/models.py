@@ -282,8 +282,8 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
     dtype = _DTYPES[params.dtype]
     s = params.source
     common = dict(dtype=dtype, trust_remote_code=params.trust_remote_code)
-    if params.device == "auto":
-        common["device_map"] = "auto"
+    if params.device in ("auto", "cuda"):  # cuda: weights go straight to the GPU, not via host RAM
+        common["device_map"] = params.device
     if s["kind"] == "random":
         model, tokenizer = _random_model(params)
         model = model.to(dtype)

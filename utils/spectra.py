@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,34 +49,76 @@ def single_threaded_lapack():
         torch.set_num_threads(previous)
 
 
-# Matrix size from which eigvalsh may use every core. bench/bench_lapack.py on the reference machine
-# (2 cores, MKL; docs/benchmarks.md): idle, 2 threads are 1.3-1.4x faster at every n from 256 to
-# 4096; under load MKL's threads are 3-10x slower at every n. The 1-minute load average lags, so
-# threads are used only for large problems (where a wrong guess costs least relative to the gain)
-# and only while a core is idle; 2048 is that conservative choice, not a measured crossover.
+# Matrix size from which eigvalsh may use more than one core. bench/bench_lapack.py on the reference
+# machine (2 cores, MKL; docs/benchmarks.md): idle, 2 threads are 1.3-1.4x faster at every n from
+# 256 to 4096; while another process keeps a core busy, MKL's threads are 3-10x slower at every n.
+# Below 2048 the gain is a few hundredths of a second, the size of the idleness check itself.
 LAPACK_THREADS_CROSSOVER = 2048
 
 
-def _idle_cores() -> float:
-    """Cores not busy on average over the last minute (cpu count - 1-minute load average)."""
+def _cores() -> int:
+    """Cores this process may run on (its CPU affinity), else the machine's count."""
     try:
-        return (os.cpu_count() or 1) - os.getloadavg()[0]
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _running_elsewhere(snapshots: int = 3, interval: float = 0.005, proc: Path = Path("/proc")) -> float | None:
+    """Runnable threads of other processes right now: the running count of /proc/loadavg (4th
+    field, "running/total") minus this process's threads in state R (/proc/self/task/*/stat),
+    median of a few snapshots. None where /proc does not provide them (then the caller falls
+    back to the load average)."""
+    counts = []
+    try:
+        for k in range(snapshots):
+            if k:
+                time.sleep(interval)
+            running = int((proc / "loadavg").read_text().split()[3].split("/")[0])
+            own = 0
+            for stat in (proc / "self" / "task").glob("*/stat"):
+                try:
+                    text = stat.read_text()
+                except OSError:  # the thread ended meanwhile
+                    continue
+                own += text[text.rindex(")") + 2] == "R"
+            counts.append(max(0, running - own))
+    except (OSError, ValueError, IndexError):
+        return None
+    return float(np.median(counts))
+
+
+def _idle_cores() -> float:
+    """Cores no other process is using now: `_cores()` minus other processes' runnable threads.
+
+    This process's own threads do not count, so notebook 05's eigenvalue phase right after its
+    forward pass (a 1-minute load average of ~2 on 2 cores) still finds both cores idle; the
+    1-minute load average, which counts them and lags by a minute, is only the fallback."""
+    elsewhere = _running_elsewhere()
+    if elsewhere is not None:
+        return _cores() - elsewhere
+    try:
+        return _cores() - os.getloadavg()[0]
     except OSError:
         return 0.0
 
 
 @contextlib.contextmanager
 def lapack_threads(n: int, crossover: int | None = None):
-    """Threads for a dense n x n eigen/singular-value problem: every core for large n, else one.
+    """Threads for a dense n x n eigen/singular-value problem: the idle cores for large n, else one.
 
-    Every core (`os.cpu_count()`, or the number already set if larger) when n >= `crossover`
-    (default LAPACK_THREADS_CROSSOVER) and at least one core is idle (this process's own work
-    counts in the load, so an otherwise idle 2-core machine qualifies); one thread otherwise
-    (see `single_threaded_lapack`).
+    When n >= `crossover` (default LAPACK_THREADS_CROSSOVER): every core (or the number already
+    set if larger) when no other process is running, else as many threads as cores are idle
+    (`_idle_cores`; one when a single core of two is busy elsewhere, since a preempted MKL thread
+    stalls the rest). One thread below the crossover (see `single_threaded_lapack`).
     """
     previous = torch.get_num_threads()
-    big = n >= (LAPACK_THREADS_CROSSOVER if crossover is None else crossover) and _idle_cores() >= 1.0
-    torch.set_num_threads(max(previous, os.cpu_count() or 1) if big else 1)
+    threads = 1
+    if n >= (LAPACK_THREADS_CROSSOVER if crossover is None else crossover):
+        cores = _cores()
+        idle = int(min(cores, max(1.0, _idle_cores())))
+        threads = max(previous, cores) if idle >= cores else idle
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

@@ -281,3 +281,20 @@ def test_hub_model_streamed_from_the_hf_cache(tmp_path, monkeypatch):
     missing.write_text(yaml.safe_dump({"source": {"kind": "hub", "id": "test-org/not-cached"}, "task": "causal_lm"}))
     with pytest.raises(ModelUnavailableError, match="not in the local HF cache"):
         check_available(load_params(missing), offline=True)
+
+
+@pytest.mark.parametrize("flags", [{"scale_attn_weights": False}, {"scale_attn_by_inverse_layer_idx": True}],
+                         ids=["unscaled", "inverse-layer-idx"])
+def test_gpt2_attention_scale_of_streamed_weights(tmp_path, flags):
+    """GPT-2 configs whose score scale is not d_head^-1/2: the streamed adapter reads the same
+    per-layer scale as the loaded model's attention modules (`scaling`)."""
+    spec = yaml.safe_load((TESTS_DIR / "params" / "tiny-gpt2.yaml").read_text())
+    spec["source"]["config"].update(n_layer=3, **flags)
+    (tmp_path / "gpt2.yaml").write_text(yaml.safe_dump(spec))
+    loaded = load_model(str(tmp_path / "gpt2.yaml"))
+    streamed = load_weights(save_local(loaded, tmp_path / "ckpt"))
+    scales = [streamed.adapter.attention(layer).scale for layer in range(3)]
+    assert scales == [loaded.adapter.attention(layer).scale for layer in range(3)]
+    d_head = 64 // 4
+    expected = [1.0] * 3 if "scale_attn_weights" in flags else [d_head**-0.5 / (i + 1) for i in range(3)]
+    assert scales == pytest.approx(expected, rel=1e-12)

@@ -110,7 +110,8 @@ class Family:
     qkv_split: Callable[[torch.Tensor, int, int, int], tuple] | None = None
     conv1d: bool = False  # GPT-2's Conv1D stores (in, out): checkpoint tensors are transposed
     lm_head: str = "lm_head"  # output embedding, relative to the top-level model
-    query_scale: Callable[[object], float | None] = lambda config: None  # score scale when not d_head^-1/2
+    # Score scale of a layer's attention from the config (the loaded model's `scaling`), None: d_head^-1/2.
+    query_scale: Callable[[object, int], float | None] = lambda config, layer: None
 
     def block_paths(self, layer: int) -> dict[str, str]:
         """Module paths (relative to the base model) of one block's matrices, keyed by weight
@@ -128,6 +129,13 @@ class Family:
 
 def _gpt2_split(w: torch.Tensor, h: int, n_kv: int, d_head: int):
     return w.chunk(3, dim=0)  # (3d, d): rows [q; k; v]
+
+
+def _gpt2_scale(config, layer: int) -> float:
+    """GPT2Attention.scaling: d_head^-1/2 unless `scale_attn_weights` is off, divided by
+    (layer + 1) under `scale_attn_by_inverse_layer_idx` (Mistral/Stanford CRFM GPT-2 runs)."""
+    scale = (config.n_embd // config.n_head) ** -0.5 if getattr(config, "scale_attn_weights", True) else 1.0
+    return scale / (layer + 1) if getattr(config, "scale_attn_by_inverse_layer_idx", False) else scale
 
 
 def _neox_split(w: torch.Tensor, h: int, n_kv: int, d_head: int):
@@ -378,7 +386,7 @@ class CheckpointAdapter(WeightAdapter):
         paths, dims = self.family.block_paths(self.check_layer(layer)), self.dims
         qkv = tuple(self._matrix(paths[k]) for k in (("qkv",) if "qkv" in paths else ("q", "k", "v")))
         wq, wk, wv = self.family.split_qkv(qkv, dims.h, dims.GQA, dims.d_head)
-        scale = self.family.query_scale(self.config) or dims.d_head**-0.5
+        scale = self.family.query_scale(self.config, layer) or dims.d_head**-0.5
         return self._attention_weights(wq, wk, wv, self._matrix(paths["o"]), scale)
 
     def ffn(self, layer: int) -> FFNWeights:
@@ -452,11 +460,11 @@ _LLAMA_LIKE = dict(
 FAMILIES: tuple[Family, ...] = (
     Family("llama", ("llama", "qwen2", "mistral", "qwen3", "smollm3"), **_LLAMA_LIKE),
     Family("gemma3", ("gemma3_text", "gemma3", "gemma2", "gemma"), **_LLAMA_LIKE,
-           query_scale=lambda c: getattr(c, "query_pre_attn_scalar", None) and c.query_pre_attn_scalar**-0.5),
+           query_scale=lambda c, layer: getattr(c, "query_pre_attn_scalar", None) and c.query_pre_attn_scalar**-0.5),
     Family(
         "gpt2", ("gpt2",), blocks="h", qkv=("attn.c_attn",), qkv_split=_gpt2_split, conv1d=True,
         attn_module="attn", o_proj="attn.c_proj", ffn_in="mlp.c_fc", ffn_gate=None, ffn_out="mlp.c_proj",
-        embed="wte", final_norm="ln_f",
+        embed="wte", final_norm="ln_f", query_scale=_gpt2_scale,
     ),
     Family(
         "gpt_neox", ("gpt_neox",), blocks="layers", qkv=("attention.query_key_value",), qkv_split=_neox_split,

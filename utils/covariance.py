@@ -13,6 +13,12 @@ own mean before its Gram matrix is formed, and folded in with the parallel updat
 No term is ever a difference of two large second moments (the naive sum x x^T - n mu mu^T loses
 all digits of a float32 covariance when |mu| >> sigma), so float32 storage keeps ~1e-6 relative
 accuracy at half the memory of float64, and every update is in place (no D x D temporaries).
+
+M2 is symmetric, so only its lower triangle is accumulated (BLAS's syrk idea, in row strips of
+`block` rows: strip i gets X_i^T X_{:i}, about half the flops of the full X^T X once D >> block);
+the strictly upper triangle of the stored matrix is not meaningful, and every reader
+(`covariance`, `sum_outer`, `eigenvalues`) takes the lower one. A full symmetric M2 (older
+cache files) is a valid state too.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from .spectra import lapack_threads
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+GRAM_BLOCK = 512  # rows per strip of the lower-triangular Gram update (bench/bench_ffn.py)
 
 
 def accumulator_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -41,12 +48,14 @@ class StreamingCovariance:
     torch.Size([4, 4])
     """
 
-    def __init__(self, dim: int, device: torch.device | str = "cpu", dtype: str | torch.dtype = torch.float64):
+    def __init__(self, dim: int, device: torch.device | str = "cpu", dtype: str | torch.dtype = torch.float64,
+                 block: int = GRAM_BLOCK):
         self.dim = dim
+        self.block = max(1, block)
         self.count = 0
         self.dtype = accumulator_dtype(dtype)
         self.mu = torch.zeros(dim, dtype=torch.float64, device=device)  # (D,)
-        self.m2 = torch.zeros(dim, dim, dtype=self.dtype, device=device)  # (D, D) centred scatter
+        self.m2 = torch.zeros(dim, dim, dtype=self.dtype, device=device)  # (D, D) centred scatter, lower triangle
 
     @property
     def nbytes(self) -> int:
@@ -62,9 +71,21 @@ class StreamingCovariance:
         shift = (rows.sum(0, dtype=torch.float64) / n_b).to(self.dtype)  # (D,)
         xc = rows.to(self.dtype) - shift  # (n_b, D)
         rest = xc.sum(0, dtype=torch.float64) / n_b  # mean of xc, ~rounding size
-        self.m2.addmm_(xc.T, xc)  # += sum xc xc^T
+        self._add_lower_gram(xc)  # lower triangle += sum xc xc^T
         self.m2.addr_(rest.to(self.dtype), rest.to(self.dtype), alpha=-n_b)  # around the batch mean
         self._fold(n_b, shift.to(torch.float64) + rest)
+
+    def _add_lower_gram(self, x: torch.Tensor) -> None:
+        """m2[i, j] += sum_t x[t, i] x[t, j] for j <= i, strip by strip: rows r0:r1 get
+        x[:, r0:r1]^T x[:, :r1] (a strided view of m2 as the output: no copy)."""
+        for r0 in range(0, self.dim, self.block):
+            r1 = min(r0 + self.block, self.dim)
+            self.m2[r0:r1, :r1].addmm_(x[:, r0:r1].T, x[:, :r1])
+
+    def _symmetric_m2(self) -> torch.Tensor:
+        """M2 as a full symmetric float64 matrix, from its lower triangle."""
+        m2 = self.m2.to(torch.float64, copy=True).tril_()  # (D, D), a copy (also of float64 storage)
+        return m2.add_(m2.tril(-1).T)
 
     def _fold(self, n_b: int, mu_b: torch.Tensor) -> None:
         """Chan et al.'s merge of (n_b, mu_b) into (count, mu); M2_b is already added to m2."""
@@ -98,23 +119,24 @@ class StreamingCovariance:
     @property
     def sum_outer(self) -> torch.Tensor:
         """sum_t x_t x_t^T (D, D), float64: the uncentred second moment, M2 + n mu mu^T."""
-        return self.m2.to(torch.float64) + self.count * torch.outer(self.mu, self.mu)
+        return self._symmetric_m2() + self.count * torch.outer(self.mu, self.mu)
 
     def covariance(self) -> torch.Tensor:
         """Unbiased sample covariance (D, D), float64."""
         if self.count < 2:
             raise ValueError(f"need at least 2 rows for a covariance, have {self.count}")
-        cov = self.m2.to(torch.float64) / (self.count - 1)
-        return 0.5 * (cov + cov.T)
+        return self._symmetric_m2().div_(self.count - 1)
 
     def eigenvalues(self) -> torch.Tensor:
         """Eigenvalues of the covariance (float64, on the CPU), descending, clipped at 0
         (eigvalsh, values only, on the accumulator's device)."""
-        cov = self.covariance()
+        if self.count < 2:
+            raise ValueError(f"need at least 2 rows for a covariance, have {self.count}")
+        cov = self.m2.to(torch.float64, copy=True).div_(self.count - 1)  # eigvalsh reads the lower triangle only
         if cov.is_cuda:
-            return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0).cpu()
+            return torch.linalg.eigvalsh(cov, UPLO="L").flip(0).clamp_min(0.0).cpu()
         with lapack_threads(self.dim):
-            return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
+            return torch.linalg.eigvalsh(cov, UPLO="L").flip(0).clamp_min(0.0)
 
     def state_dict(self) -> dict:
         return {"dim": self.dim, "count": self.count, "mean": self.mu.cpu(), "m2": self.m2.cpu()}

@@ -143,13 +143,13 @@ with tqdm(total=L, desc="FFN spectra", unit="layer") as bar:
                                     ffn_dtype=accumulator, keep_skipped=skip_first > 0)
         for i in group:
             acc_pre, acc_post = stats.ffn_pre.pop(i), stats.ffn_post.pop(i)
-            eig_pre[i] = acc_pre.eigenvalues().cpu().numpy()
-            eig_post[i] = acc_post.eigenvalues().cpu().numpy()
+            eig_pre[i] = acc_pre.eigenvalues().numpy()
+            eig_post[i] = acc_post.eigenvalues().numpy()
             rows.append(layer_row(i, eig_pre[i], eig_post[i]))
             if skip_first:  # all tokens: merge the sink rows into the same accumulators (exact)
                 acc_pre.update(stats.ffn_pre_skipped.pop(i))
                 acc_post.update(stats.ffn_post_skipped.pop(i))
-                rows_all.append(layer_row(i, acc_pre.eigenvalues().cpu().numpy(), acc_post.eigenvalues().cpu().numpy()))
+                rows_all.append(layer_row(i, acc_pre.eigenvalues().numpy(), acc_post.eigenvalues().numpy()))
             else:
                 rows_all.append(rows[-1])
             del acc_pre, acc_post

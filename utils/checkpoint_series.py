@@ -294,10 +294,10 @@ def measure_checkpoint(loaded: LoadedModel, tokens: TokenSample, *, skip_first: 
                                 ffn_memory_bytes=(ffn_memory_mb << 20) or default_ffn_budget(next(loaded.model.parameters()).device))
     for i in range(L):  # one layer's eigenvalues at a time; the accumulators are freed as we go
         pre, post = stats.ffn_pre.pop(i).eigenvalues(), stats.ffn_post.pop(i).eigenvalues()
-        rows += [(i, f"nerve.{k}", v) for k, v in nerve_metrics(pre.cpu().numpy(), post.cpu().numpy()).items()]
+        rows += [(i, f"nerve.{k}", v) for k, v in nerve_metrics(pre.numpy(), post.numpy()).items()]
     start, stop = tail_window
     for j, acc in enumerate(stats.residual):  # residual states 0..L+1
-        eig = acc.eigenvalues().cpu().numpy()
+        eig = acc.eigenvalues().numpy()
         slope = power_law_slope(eig, start, stop) if min(stop, eig.size) - start >= 2 else math.nan
         rows += [(j, "act.eff_rank", spectrum_metrics(eig)["eff_rank"]), (j, "act.tail_slope", slope)]
     return pd.DataFrame(rows, columns=["layer", "metric", "value"])

@@ -234,7 +234,7 @@ class SpectralCallback:
                 acc["pre"][layer] = acc["post"][layer] = None
                 record.update({f"{k}_l{layer}": v for k, v in nerve_metrics(eig_pre, eig_post).items()})
         eig_act = act.eigenvalues()
-        self.spectra.setdefault(step, {})["act"] = eig_act.cpu().numpy()
+        self.spectra.setdefault(step, {})["act"] = eig_act.numpy()
         record["act_eff_rank"] = effective_rank(eig_act)
         record["act_tail_slope"] = power_law_slope(eig_act, *self.tail_window)
         head = min(self.tail_window[0], eig_act.numel())

@@ -18,7 +18,7 @@ endif
 
 NOTEBOOKS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9][0-9]_*.py))))
 MODELS := $(sort $(basename $(notdir $(wildcard params/*.yaml))))
-UTILS := $(wildcard utils/*.py)
+UTILS := $(wildcard utils/*.py utils/*/*.py)
 STAMP := $(VENV)/.installed
 
 report = $(OUTPUT)/$(1)/$(2)/report.md
@@ -94,7 +94,7 @@ run all: $(INDEX)
 
 # The index of every report under $(OUTPUT) (index.md per model and overall, index.html), rewritten
 # after the notebooks of the goal and whenever a report changed.
-$(INDEX): $(INDEXED) $(wildcard $(OUTPUT)/*/*/report.md) utils/index.py
+$(INDEX): $(INDEXED) $(wildcard $(OUTPUT)/*/*/report.md) utils/index.py utils/reporting/index.py
 	@$(PY) -m utils.index $(OUTPUT)
 
 ## Tests, benchmarks, lab -----------------------------------------------------------------------

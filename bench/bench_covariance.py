@@ -1,5 +1,5 @@
 """The streaming covariance update: full Gram product X^T X against the lower-triangle strips of
-`utils.covariance.StreamingCovariance` (only the lower triangle of the symmetric scatter is needed).
+`utils.metrics.covariance.StreamingCovariance` (only the lower triangle of the symmetric scatter is needed).
 
     .venv/bin/python bench/bench_covariance.py [--dims 1536 2048 8192] [--rows 1024] [--blocks 256 512 1024]
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from utils.covariance import StreamingCovariance
+from utils.metrics.covariance import StreamingCovariance
 
 
 class FullGram(StreamingCovariance):

@@ -4,7 +4,7 @@
 
 - streaming: notebook 05's loop. `collect_activations(..., residual=False, cache=False)` over
   groups of layers whose float32 accumulators (2 D_ff^2 4 bytes per layer; per-batch centring,
-  Chan et al. merge) fit `--memory-mb` (`utils.activations.ffn_pass_plan`);
+  Chan et al. merge) fit `--memory-mb` (`utils.engine.activations.ffn_pass_plan`);
   eigenvalues per layer, accumulator freed at once. `--memory-mb 0` means one pass for all layers.
 - naive: NerVE's appendix recipe for a whole sample: hooks keep every layer's pre/post activations
   of all tokens (float32) in memory during one forward pass, then per layer torch.cov (float64)
@@ -59,8 +59,9 @@ def child(variant: str, model: str, tokens: int, seq_len: int, batch_size: int, 
     import torch
 
     from utils import load_model, sample_tokens
-    from utils.activations import collect_activations
-    from utils.spectra import nerve_metrics, single_threaded_lapack
+    from utils.engine.activations import collect_activations
+    from utils.machine import single_threaded_lapack
+    from utils.metrics.spectra import nerve_metrics
 
     loaded = load_model(model)
     sample = sample_tokens(loaded.tokenizer, "stdlib-docs", tokens // seq_len, seq_len, 0)
@@ -77,7 +78,7 @@ def child(variant: str, model: str, tokens: int, seq_len: int, batch_size: int, 
     t0 = time.perf_counter()
     metrics, passes = [], 1
     if variant == "streaming":
-        from utils.activations import ffn_pass_plan
+        from utils.engine.activations import ffn_pass_plan
 
         budget = (memory_mb << 20) if memory_mb > 0 else 2 * d_ff * d_ff * 4 * L
         per_pass = ffn_pass_plan(L, d_ff, budget, "float32").layers_per_pass

@@ -1,4 +1,4 @@
-"""Attention-kernel spectra: the seed's dense algorithm against the factored one (utils.kernels).
+"""Attention-kernel spectra: the seed's dense algorithm against the factored one (utils.metrics.kernels).
 
 Dense (seed `1.py`): per head, form A_h = W_Q_h^T W_K_h (d x d, float32) and call
 torch.linalg.eigvals and torch.linalg.svdvals on it. Factored: eigenvalues of W_K_h W_Q_h^T and
@@ -38,7 +38,7 @@ def smollm_layers():
 
 
 def qwen_layer():
-    from utils.adapters import AttentionWeights
+    from utils.models.adapters import AttentionWeights
 
     c = QWEN_3B
     g = torch.Generator().manual_seed(0)
@@ -66,7 +66,7 @@ def dense(layers, max_heads: int | None):
 
 
 def factored(layers, max_heads: int | None):
-    from utils.kernels import head_kernels
+    from utils.metrics.kernels import head_kernels
 
     mags, svs = [], []
     for attn in layers:
@@ -85,7 +85,6 @@ def rss_mb() -> float:
 
 def child(weights: str, variant: str, max_heads, queue):
     torch.set_num_threads(1)
-    from utils.kernels import head_kernels  # noqa: F401 (import cost outside the measurement)
 
     layers = torch.load(weights, weights_only=False)
     base = rss_mb()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_lapack.py [--sizes 256 512 1024 2048 4096] [--repeat 2]
 
-Chooses `utils.spectra.LAPACK_THREADS_CROSSOVER`: the smallest n from which all cores beat one
+Chooses `utils.machine.LAPACK_THREADS_CROSSOVER`: the smallest n from which all cores beat one
 thread. Each (n, threads) is the best of `--repeat` runs on a random SPD matrix (a covariance of
 2n Gaussian rows). Prints a markdown table and the crossover measured on this machine.
 """

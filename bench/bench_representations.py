@@ -22,8 +22,9 @@ MODEL, N_SEQ, SEQ_LEN, KEEP, LENS = "smollm2-135m", 32, 128, 2048, 512
 
 
 def streaming(loaded, tokens) -> None:
-    from utils.activations import collect_activations
-    from utils.representations import Drift, LogitLens, activation_spectra, cka_matrix
+    from utils.engine.activations import collect_activations
+    from utils.engine.representations import Drift, LogitLens, activation_spectra
+    from utils.metrics.cka import cka_matrix
 
     lens = LogitLens(loaded.adapter, tuple(tokens.input_ids.shape), LENS, seed=0)
     stats = collect_activations(loaded, tokens, keep_samples=KEEP, cache=False,

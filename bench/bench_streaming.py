@@ -1,7 +1,7 @@
 """Benchmark: notebook 01's computation on a Llama-3.2-1B-shaped bf16 checkpoint, three ways.
 
 - streamed: `utils.load_weights` (tensors read one at a time from the safetensors, NaN/Inf
-  pre-scan included) + `utils.weights.weight_spectra`;
+  pre-scan included) + `utils.metrics.weight_spectra.weight_spectra`;
 - whole model: `AutoModelForCausalLM.from_pretrained` (dtype float32, as `load_model` with the
   default params dtype; the tokenizer is not loaded) + the same `weight_spectra`;
 - WeightWatcher 0.7.7 directory mode: `WeightWatcher(model="<dir>").analyze()`, which reads the
@@ -14,7 +14,7 @@ the per-matrix cost model (CPU seconds) of the 70B projection printed at the end
     .venv/bin/python bench/bench_streaming.py [--checkpoint DIR] [--variants streamed,whole,weightwatcher]
 
 Without --checkpoint it uses the checkpoint of params/llama-3.2-1b-synthetic.yaml (random bf16
-weights at Llama-3.2-1B's shape, three shards, written once into .cache/synthetic/ by utils.synthetic).
+weights at Llama-3.2-1B's shape, three shards, written once into .cache/synthetic/ by utils.models.synthetic).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _params_file(checkpoint: Path, tmp: Path) -> Path:
 
 
 def child(variant: str, checkpoint: Path) -> dict:
-    import utils.weights as weights_module
+    import utils.metrics.weight_spectra as weights_module
 
     timings = []
     if variant == "streamed":
@@ -70,7 +70,7 @@ def child(variant: str, checkpoint: Path) -> dict:
         n, alpha = len(details), float(details.alpha.median())
     else:
         if variant == "streamed":
-            from utils.models import load_weights
+            from utils.models.loading import load_weights
 
             with tempfile.TemporaryDirectory() as tmp:
                 adapter = load_weights(_params_file(checkpoint, Path(tmp))).adapter
@@ -78,7 +78,7 @@ def child(variant: str, checkpoint: Path) -> dict:
             import torch
             from transformers import AutoModelForCausalLM
 
-            from utils.adapters import get_adapter
+            from utils.models.adapters import get_adapter
 
             model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32, use_safetensors=True)
             adapter = get_adapter(model.eval())
@@ -115,8 +115,8 @@ def projection(a: float, b: float, shapes: dict) -> dict:
 
 def default_checkpoint() -> Path:
     """The Llama-3.2-1B-shaped checkpoint of params/llama-3.2-1b-synthetic.yaml (written once
-    into the model cache by utils.synthetic)."""
-    from utils.synthetic import cached_checkpoint
+    into the model cache by utils.models.synthetic)."""
+    from utils.models.synthetic import cached_checkpoint
 
     return cached_checkpoint("llama-3.2-1b", seed=0)
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from utils.training import NanoGPTConfig, NanoGPTForCausalLM, per_sample_grads
+from utils.engine.training import NanoGPTConfig, NanoGPTForCausalLM, per_sample_grads
 
 PARAM = "transformer.layers.3.mlp.down_proj.weight"
 

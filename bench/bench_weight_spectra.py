@@ -2,7 +2,7 @@
 
 Both variants start from the loaded model (load time excluded) and compute per-matrix spectral
 metrics for every attention and FFN matrix and the embedding:
-- ours: `utils.weights.weight_spectra` (one float64 Gram eigendecomposition per matrix; effective
+- ours: `utils.metrics.weight_spectra.weight_spectra` (one float64 Gram eigendecomposition per matrix; effective
   rank, stable rank, spectral norm, WeightWatcher's power-law alpha vectorised over xmin
   candidates, rank slope, MP signal ratio);
 - WeightWatcher 0.7.7: `WeightWatcher(model).analyze()` (SVD per matrix, its own power-law fit
@@ -29,7 +29,7 @@ LLAMA_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate
 
 
 def ours(loaded) -> dict:
-    from utils.weights import weight_spectra
+    from utils.metrics.weight_spectra import weight_spectra
 
     df, _ = weight_spectra(loaded.adapter, progress=False)
     blocks = df[df.layer >= 0]
@@ -55,7 +55,7 @@ def weightwatcher(loaded) -> dict:
 def child(variant: str) -> None:
     import torch
 
-    from utils.models import load_model
+    from utils.models.loading import load_model
 
     torch.set_num_threads(1)  # both variants on one thread: MKL's threaded LAPACK is slower here
     loaded = load_model(MODEL)

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from utils import Report, load_weights, output_dir, write_csv
-from utils.parameters import apply_params_file
-from utils.plotting import depth_colorbar, depth_colors, save_figure, subplots
-from utils.spectra import RANK_SLOPE_TOP_FRACTION
-from utils.weights import PRISMA_ALPHA_RANGE, phase_table, sharpest_transitions, weight_spectra, weight_type_statistics
+from utils.metrics.spectra import RANK_SLOPE_TOP_FRACTION
+from utils.metrics.weight_spectra import PRISMA_ALPHA_RANGE, phase_table, sharpest_transitions, weight_spectra, weight_type_statistics
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import depth_colorbar, depth_colors, save_figure, subplots
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML

@@ -15,7 +15,7 @@
 # # 02 · Attention kernels: how low-rank, asymmetric and rotational is each head's score kernel?
 #
 # The kernel A_h = W_Q_h^T W_K_h (d x d, rank <= d_head) of every head in every layer, computed
-# in factored form (`utils.kernels`: eigenvalues of W_K_h W_Q_h^T, SVD via thin QR factors):
+# in factored form (`utils.metrics.kernels`: eigenvalues of W_K_h W_Q_h^T, SVD via thin QR factors):
 # eigenvalues, asymmetry, complex eigenvalues, spectral energy and effective rank, plus the
 # W_down SVD of one layer. From the attention-kernel sections of seed `1.py`, for all heads.
 
@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 
 from utils import Report, load_weights, output_dir, write_csv
-from utils.kernels import complex_mask, components_for_energy, cumulative_energy, head_kernels, kernel_table
-from utils.parameters import apply_params_file
-from utils.plotting import heatmap, save_figure, subplots
-from utils.spectra import components_for_variance, cumulative_share, effective_rank, singular_values
+from utils.metrics.kernels import complex_mask, components_for_energy, cumulative_energy, head_kernels, kernel_table
+from utils.metrics.spectra import components_for_variance, cumulative_share, effective_rank, singular_values
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import heatmap, save_figure, subplots
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
@@ -57,7 +57,7 @@ if not 0 < complex_rtol < 1:
     raise ValueError(f"parameter complex_rtol={complex_rtol} must lie in (0, 1)")
 attn = adapter.attention(layer)
 kv_head = int(attn.kv_head_of[head])
-random_asymmetry = float(np.sqrt(2 * (1 - 1 / d)))  # independent Gaussian W_Q, W_K (utils.kernels)
+random_asymmetry = float(np.sqrt(2 * (1 - 1 / d)))  # independent Gaussian W_Q, W_K (utils.metrics.kernels)
 print(f"{loaded.params.name}: {loaded.origin}; deep dive on layer {layer}, head {head} (KV head {kv_head}); "
       f"score scale {attn.scale:.4g}")
 pd.DataFrame([loaded.describe()]).T
@@ -227,7 +227,7 @@ report.bullets([
     f"A_h = W_Q_h^T W_K_h (d x d, rank <= d_head = {d_head}), never formed: its nonzero eigenvalues are those of "
     "the d_head x d_head matrix W_K_h W_Q_h^T, its SVD comes from thin QR factors of W_Q_h^T and W_K_h^T, and "
     "||A||_F^2 = tr((W_Q W_Q^T)(W_K W_K^T)), tr(A A) = tr((W_K W_Q^T)^2) give the asymmetry "
-    "sqrt(2 (1 - tr(A A) / ||A||_F^2)) (see `utils/kernels.py`).",
+    "sqrt(2 (1 - tr(A A) / ||A||_F^2)) (see `utils/metrics/kernels.py`).",
     f"GQA: query head h reads KV head `kv_head_of[h]` ({dims.h} query heads on {dims.GQA} KV heads).",
     f"Magnitudes include the score scale {attn.scale:.4g}; it does not change ranks, asymmetry, energy shares, "
     "complex fractions or subspaces.",

@@ -28,11 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from utils import Report, load_weights, output_dir, save_npy, write_csv
-from utils.kernels import kernel_table
-from utils.parameters import apply_params_file
-from utils.plotting import heatmap, save_figure, subplots
-from utils.report import fmt
-from utils.subspaces import (
+from utils.metrics.kernels import kernel_table
+from utils.metrics.subspaces import (
     SIDES,
     alignment_verdict,
     chance_similarity,
@@ -46,6 +43,9 @@ from utils.subspaces import (
     phase_boundaries,
     similarity_matrix,
 )
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import heatmap, save_figure, subplots
+from utils.reporting.report import fmt
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
@@ -79,7 +79,7 @@ pd.DataFrame([loaded.describe()]).T
 # %% [markdown]
 # ## 1. Subspace overlap across layers
 # For each layer and head, the top-k singular subspace of the kernel (rows of a k x d orthonormal
-# matrix, factored SVD of `utils.kernels`); similarity = ||U V^T||_F^2 / k, 1 for equal
+# matrix, factored SVD of `utils.metrics.kernels`); similarity = ||U V^T||_F^2 / k, 1 for equal
 # subspaces, k/d for independent random ones. All heads are cheap, so the head mean is over all
 # heads rather than the seed's sample of 4.
 
@@ -314,7 +314,7 @@ report.paragraph("`verdicts.csv`; thresholds of `2.py`: overlap gap 0.05 and mea
 report.table(verdicts.drop(columns="detail").assign(seed_inputs=verdicts.seed_inputs.map({True: "yes", False: "no"})).map(fmt))
 report.heading("Definitions and caveats")
 report.bullets([
-    "Kernel A_h = W_Q_h^T W_K_h (factored, `utils.kernels`). Key side = top-k right singular vectors (row space of "
+    "Kernel A_h = W_Q_h^T W_K_h (factored, `utils.metrics.kernels`). Key side = top-k right singular vectors (row space of "
     "W_K: directions along which the attended-to token is read; the seed's \"subspace the head queries\"); query "
     "side = top-k left singular vectors (row space of W_Q).",
     f"Similarity = ||U V^T||_F^2 / k, the mean squared cosine of the principal angles: 1 equal, {chance:.4f} = k/d "

@@ -29,13 +29,15 @@ import torch
 from matplotlib.patches import Rectangle
 
 from utils import Report, load_model, output_dir, sample_tokens
-from utils.activations import collect_activations
-from utils.covariance import StreamingCovariance
-from utils.parameters import apply_params_file
-from utils.plotting import depth_colors, heatmap, line_panel, save_figure, subplots
-from utils.report import fmt, save_npy, write_csv
-from utils.representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, cka_sample_warning, spectrum_metrics
-from utils.spectra import cumulative_share, effective_rank
+from utils.atomic_io import save_npy, write_csv
+from utils.engine.activations import collect_activations
+from utils.engine.representations import Drift, LogitLens, activation_spectra
+from utils.metrics.cka import cka_blocks, cka_matrix, cka_sample_warning
+from utils.metrics.covariance import StreamingCovariance
+from utils.metrics.spectra import cumulative_share, effective_rank, spectrum_metrics
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import depth_colors, heatmap, line_panel, save_figure, subplots
+from utils.reporting.report import fmt
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
@@ -51,7 +53,7 @@ cka_estimator: str = "debiased"  # "debiased" (unbiased HSIC, Song et al. 2012) 
 block_threshold: float = 0.9  # adjacent-layer CKA at or above this joins layers into one block
 lens_tokens: int = 512  # positions the logit lens evaluates; 0 means every position with a next token
 max_logit_elements: int = 16777216  # logits held at once; the lens works on this // V tokens at a time
-cache: bool = True  # reuse cached activation statistics (utils.models.cache_dir()/activations)
+cache: bool = True  # reuse cached activation statistics (utils.paths.cache_dir()/activations)
 
 # %%
 apply_params_file(globals(), "04_representations")  # papermill -f params/<name>.yaml; the params file's overrides

@@ -30,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from utils import Report, load_model, output_dir, sample_tokens
-from utils.activations import collect_activations, default_ffn_budget, ffn_pass_plan
-from utils.parameters import apply_params_file
-from utils.plotting import save_figure, subplots
-from utils.report import save_npy, write_csv
-from utils.spectra import nerve_metrics, normalized
+from utils.atomic_io import save_npy, write_csv
+from utils.engine.activations import collect_activations, default_ffn_budget, ffn_pass_plan
+from utils.metrics.spectra import nerve_metrics, normalized
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import save_figure, subplots
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML
@@ -52,7 +52,7 @@ accumulator: str = "float32"  # FFN accumulator storage: "float32" (per-batch ce
 majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
 rank_rtol: float = 1e-10  # numerical rank: eigenvalues above this fraction of the largest (at least batches x machine epsilon)
 dominant_share: float = 0.5  # a spectrum is dominated by one direction when its top eigenvalue holds more than this share
-cache: bool = False  # cache the accumulators (utils.models.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
+cache: bool = False  # cache the accumulators (utils.paths.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
 
 # %%
 apply_params_file(globals(), "05_ffn_eigenspectrum")  # papermill -f params/<name>.yaml; the params file's overrides

@@ -36,15 +36,24 @@ import pandas as pd
 from scipy import stats
 
 from utils import Report, output_dir
-from utils.parameters import apply_params_file
-from utils.plotting import depth_colors, heatmap, save_figure, subplots
-from utils.report import write_csv
-from utils.training import NanoGPTConfig, SpectralCallback, TokenData, TrainConfig, byte_tokenizer, head_gradient_movement, run_config_dict, train
+from utils.atomic_io import write_csv
+from utils.engine.training import (
+    NanoGPTConfig,
+    SpectralCallback,
+    TokenData,
+    TrainConfig,
+    byte_tokenizer,
+    head_gradient_movement,
+    run_config_dict,
+    train,
+)
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import depth_colors, heatmap, save_figure, subplots
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # only names the output folder: <output_root>/<model>/06_training_dynamics/ (06 trains its own models)
 output_root: str = "output"  # root of all outputs
-corpus: str = "stdlib-docs"  # training text (utils.corpus spec); byte-level tokens, the last 5% held out for eval
+corpus: str = "stdlib-docs"  # training text (utils.engine.corpus spec); byte-level tokens, the last 5% held out for eval
 hidden_size: int = 128  # model width d
 num_hidden_layers: int = 4  # number of blocks L
 num_attention_heads: int = 4  # attention heads

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from utils import Report, load_params, load_weights, output_dir, write_csv
-from utils.comparison import depth_profile, model_summary, relative_depth, weight_comparison
-from utils.models import ModelUnavailableError, check_available
-from utils.parameters import apply_params_file
-from utils.plotting import save_figure, subplots
-from utils.weights import weight_spectra
+from utils.analyses.model_comparison import depth_profile, model_summary, relative_depth, weight_comparison
+from utils.metrics.weight_spectra import weight_spectra
+from utils.models.sources import ModelUnavailableError, check_available
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import save_figure, subplots
 
 # %% tags=["parameters"]
 model: str = "smollm2-135m"  # params name (params/<name>.yaml) or path to a params YAML: the reference model

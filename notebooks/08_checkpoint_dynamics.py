@@ -31,10 +31,17 @@ import numpy as np
 import pandas as pd
 
 from utils import Report, load_params, output_dir
-from utils.checkpoint_series import forecast_verdict, layer_step_matrix, measure_series, series_from_parameters, settle_verdict, trend_verdict
-from utils.parameters import apply_params_file
-from utils.plotting import heatmap, line_panel, save_figure, subplots
-from utils.report import write_csv
+from utils.analyses.checkpoint_dynamics import (
+    forecast_verdict,
+    layer_step_matrix,
+    measure_series,
+    series_from_parameters,
+    settle_verdict,
+    trend_verdict,
+)
+from utils.atomic_io import write_csv
+from utils.pipeline.notebook_parameters import apply_params_file
+from utils.reporting.plotting import heatmap, line_panel, save_figure, subplots
 
 # %% tags=["parameters"]
 # model names the output folder <output_root>/<model>/08_checkpoint_dynamics/; its dtype/device/task load every checkpoint
@@ -45,7 +52,7 @@ checkpoints: str = ""  # glob of local checkpoint directories, e.g. "runs/my-run
 revisions: list = []  # hub revisions of one model, e.g. ["step1000", "step8000", "step143000"] (Pythia); steps from the names
 hub_id: str = ""  # hub id for `revisions`; "": the params file's own hub id
 params_list: list = []  # params names or paths, one checkpoint each
-corpus: str = "stdlib-docs"  # token sample text (utils.corpus spec), the same tokens for every checkpoint
+corpus: str = "stdlib-docs"  # token sample text (utils.engine.corpus spec), the same tokens for every checkpoint
 n_sequences: int = 64  # windows in the token sample
 seq_len: int = 64  # tokens per window (notebook 06's models have 64 positions)
 seed: int = 0  # window choice

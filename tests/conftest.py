@@ -34,7 +34,7 @@ def notebook_output_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run_notebook(notebook_output_root):
     """run_notebook(notebook, params_path, **parameters) -> output directory of that run."""
-    from utils.run import execute_notebook
+    from utils.pipeline.run import execute_notebook
 
     def run(notebook: str, model: str, **parameters) -> Path:
         return execute_notebook(notebook, model, notebook_output_root, parameters)

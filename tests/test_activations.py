@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import utils.activations as act
+import utils.engine.activations as act
 from utils import load_model
-from utils.corpus import TokenSample
+from utils.engine.corpus import TokenSample
 
 from .conftest import tiny_model_ids, tiny_models
 

@@ -7,8 +7,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.activations import ACT2FN
 
-from utils.adapters import UnsupportedArchitectureError, get_adapter, get_model_dims
-from utils.models import load_model
+from utils.models.adapters import UnsupportedArchitectureError, get_adapter, get_model_dims
+from utils.models.loading import load_model
 
 from .conftest import tiny_model_ids, tiny_models
 
@@ -172,7 +172,7 @@ def test_unsupported_architecture_names_the_fix():
     config = AutoConfig.for_model("opt", hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                   ffn_dim=64, vocab_size=64, word_embed_proj_dim=32)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(UnsupportedArchitectureError, match=r"utils/adapters.py.*|gpt2"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"utils/models/adapters.py.*|gpt2"):
         get_adapter(model)
 
 

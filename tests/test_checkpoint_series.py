@@ -1,7 +1,7 @@
-"""Tests of utils.checkpoint_series: steps from trainer_state.json and names (and the error when
+"""Tests of utils.analyses.checkpoint_dynamics: steps from trainer_state.json and names (and the error when
 neither gives one), series from notebook parameters, the per-checkpoint cache (a rerun measures
 only new or changed checkpoints), the verdict functions, and Trainer-layout checkpoints written
-by utils.training.train."""
+by utils.engine.training.train."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerState
 
 from utils import load_params
-from utils.checkpoint_series import (
+from utils.analyses.checkpoint_dynamics import (
     SeriesError,
     eval_loss_at,
     forecast_verdict,
@@ -26,7 +26,7 @@ from utils.checkpoint_series import (
     step_from_name,
     trend_verdict,
 )
-from utils.training import NanoGPTConfig, NanoGPTForCausalLM, TokenData, TrainConfig, byte_tokenizer, train
+from utils.engine.training import NanoGPTConfig, NanoGPTForCausalLM, TokenData, TrainConfig, byte_tokenizer, train
 
 from .conftest import TESTS_DIR
 
@@ -115,7 +115,7 @@ def test_hub_and_params_series_take_steps_from_names(tmp_path):
 
 def test_cache_measures_only_new_and_changed_checkpoints(tmp_path, monkeypatch):
     """A rerun after adding a checkpoint loads only that one; rewriting a checkpoint invalidates it."""
-    import utils.checkpoint_series as cs
+    import utils.analyses.checkpoint_dynamics as cs
 
     monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path / "cache"))
     loads = []

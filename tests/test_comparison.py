@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.comparison import depth_profile, model_summary, relative_depth, weight_comparison
+from utils.analyses.model_comparison import depth_profile, model_summary, relative_depth, weight_comparison
 
 
 def _table(n_layers: int, width: int, rank_share: float, alpha: float) -> pd.DataFrame:

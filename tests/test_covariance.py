@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.covariance import StreamingCovariance
+from utils.metrics.covariance import StreamingCovariance
 
 
 @pytest.mark.parametrize("block", [512, 5, 1], ids=["one-strip", "strips", "rows"])

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from utils.models import StreamedWeights, load_model, load_weights
-from utils.weights import weight_spectra
+from utils.metrics.weight_spectra import weight_spectra
+from utils.models.loading import StreamedWeights, load_model, load_weights
 
 from .conftest import TESTS_DIR
 

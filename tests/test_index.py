@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from utils.index import HEADLINE_FINDINGS, collect, read_result, write_index
-from utils.report import Report
+from utils.reporting.index import HEADLINE_FINDINGS, collect, read_result, write_index
+from utils.reporting.report import Report
 
 
 def _report(folder, title, findings, figures=("a.png",), model=None):

@@ -1,4 +1,4 @@
-"""utils.kernels: every factored quantity against the dense d x d kernel, on random and on real weights."""
+"""utils.metrics.kernels: every factored quantity against the dense d x d kernel, on random and on real weights."""
 
 import math
 from pathlib import Path
@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from utils.adapters import AttentionWeights
-from utils.kernels import COMPLEX_RTOL, components_for_energy, cumulative_energy, head_kernels, kernel_table, layer_metrics
-from utils.spectra import effective_rank
+from utils.metrics.kernels import COMPLEX_RTOL, components_for_energy, cumulative_energy, head_kernels, kernel_table, layer_metrics
+from utils.metrics.spectra import effective_rank
+from utils.models.adapters import AttentionWeights
 
 
 def random_attention(h=6, n_kv=2, d_head=8, d=40, seed=0) -> AttentionWeights:
@@ -147,7 +147,7 @@ def test_asymmetry_closed_forms():
 
 
 def head_kernels_of(q: torch.Tensor, k: torch.Tensor):
-    from utils.kernels import HeadKernels
+    from utils.metrics.kernels import HeadKernels
 
     return HeadKernels(q=q, k=k)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from utils.models import TokenizerMismatchError, load_model
-from utils.nanogpt import byte_tokenizer
+from utils.models.loading import TokenizerMismatchError, load_model
+from utils.models.nanogpt import byte_tokenizer
 
 LLAMA = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
              max_position_embeddings=64)

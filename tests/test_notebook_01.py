@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.models import load_model
+from utils.models.loading import load_model
 
 from .conftest import tiny_model_ids, tiny_models
 

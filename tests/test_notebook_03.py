@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from utils import load_model
-from utils.kernels import kernel_table
-from utils.run import execute_notebook
+from utils.metrics.kernels import kernel_table
+from utils.pipeline.run import execute_notebook
 
 from .conftest import tiny_model_ids, tiny_models
 

@@ -21,7 +21,7 @@ PARAMETERS = dict(n_sequences=8, seq_len=64, batch_size=4, cache=False, skip_fir
 COLUMNS = ["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre", "eee_post", "js", "pr_gain", "se_up",
            "pr_up", "eee_down", "holds", "top1_pre", "top1_post", "rank_pre", "rank_post", "n_tokens", "d_ff"]
 # Module names of the FFN pre-activation output (gate if gated) and of the module whose input is the
-# post-activation, per model type; written out here, independently of utils.adapters.
+# post-activation, per model type; written out here, independently of utils.models.adapters.
 FFN_MODULES = {
     "llama": ("layers.{i}.mlp.gate_proj", "layers.{i}.mlp.down_proj"),
     "qwen2": ("layers.{i}.mlp.gate_proj", "layers.{i}.mlp.down_proj"),

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.run import execute_notebook
-from utils.training import head_gradient_movement
+from utils.engine.training import head_gradient_movement
+from utils.pipeline.run import execute_notebook
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, steps=40, batch_size=8,
             seq_len=32, log_every=5, eval_windows=8, grad_samples=6, tail_window=[2, 16], activations=["gelu", "relu"],

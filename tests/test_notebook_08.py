@@ -15,8 +15,8 @@ import torch
 from scipy import stats
 
 from utils import sample_tokens
-from utils.spectra import fit_power_law
-from utils.training import NanoGPTConfig, SpectralCallback, TokenData, TrainConfig, byte_tokenizer, train
+from utils.engine.training import NanoGPTConfig, SpectralCallback, TokenData, TrainConfig, byte_tokenizer, train
+from utils.metrics.spectra import fit_power_law
 
 from .conftest import TESTS_DIR
 from .test_notebook_05 import reference_metrics

@@ -9,9 +9,10 @@ import pytest
 import yaml
 from papermill.translators import PythonTranslator
 
-from utils.parameters import NOTEBOOKS_DIR, apply_params_file, injected_names, parameters_cell, params_file_model
-from utils.params import PARAMS_DIR, ParamsError, load_params
-from utils.run import notebook_names, notebook_parameters
+from utils.models.params import ParamsError, load_params
+from utils.paths import NOTEBOOKS_DIR, PARAMS_DIR
+from utils.pipeline.notebook_parameters import apply_params_file, injected_names, parameters_cell, params_file_model
+from utils.pipeline.run import notebook_names, notebook_parameters
 
 from .conftest import TESTS_DIR
 

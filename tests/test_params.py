@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.models import ModelUnavailableError, check_available, load_model
-from utils.params import ParamsError, available_params, load_params
+from utils.models.loading import load_model
+from utils.models.params import ParamsError, available_params, load_params
+from utils.models.sources import ModelUnavailableError, check_available
 
 from .conftest import tiny_models
 
@@ -73,7 +74,7 @@ def test_missing_offline_models_explain_the_fix(tmp_path):
 
 
 def test_model_that_will_not_fit_fails_before_loading(tmp_path, monkeypatch):
-    import utils.models as models
+    import utils.models.loading as models
 
     path = _write(tmp_path, "source: {kind: local, path: '%s'}\ndtype: float32\n" % tmp_path)
     (tmp_path / "config.json").write_text(
@@ -85,7 +86,7 @@ def test_model_that_will_not_fit_fails_before_loading(tmp_path, monkeypatch):
 
 
 def test_unknown_notebook_parameter_is_rejected_before_running(tmp_path):
-    from utils.run import execute_notebook
+    from utils.pipeline.run import execute_notebook
 
     with pytest.raises(ParamsError, match=r"not parameters of notebook 01_weight_spectra.*heavy_tail_alpha"):
         execute_notebook("01_weight_spectra", tiny_models[0], tmp_path, {"no_such_parameter": 1})

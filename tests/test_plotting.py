@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from utils.plotting import depth_colorbar, depth_colors, heatmap, subplots
+from utils.reporting.plotting import depth_colorbar, depth_colors, heatmap, subplots
 
 
 def _grid_visible(ax) -> list[bool]:

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.plotting import save_figure, subplots
-from utils.report import STAGE_ENV, Report, atomic_path, output_dir, save_npy, unique_path, write_csv, write_text
+from utils.atomic_io import atomic_path, save_npy, unique_path, write_csv, write_text
+from utils.paths import STAGE_ENV, output_dir
+from utils.reporting.plotting import save_figure, subplots
+from utils.reporting.report import Report
 
 
 def test_failed_write_keeps_the_good_file(tmp_path):

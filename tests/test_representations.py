@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from utils import load_model
-from utils.activations import collect_activations
-from utils.corpus import TokenSample
-from utils.representations import Drift, LogitLens, activation_spectra, cka_blocks, cka_matrix, cka_sample_warning, linear_cka
+from utils.engine.activations import collect_activations
+from utils.engine.corpus import TokenSample
+from utils.engine.representations import Drift, LogitLens, activation_spectra
+from utils.metrics.cka import cka_blocks, cka_matrix, cka_sample_warning, linear_cka
 
 from .conftest import tiny_causal_models, tiny_model_ids, tiny_models
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from utils.parameters import params_file_model
-from utils.run import REPO_ROOT, execute_notebook
+from utils.pipeline.notebook_parameters import params_file_model
+from utils.pipeline.run import REPO_ROOT, execute_notebook
 
 from .conftest import TESTS_DIR
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from utils.spectra import (
+from utils.metrics.spectra import (
     components_for_variance,
     early_eigenvalue_enrichment,
     effective_rank,
@@ -303,7 +302,7 @@ def test_components_for_variance_and_slope():
 
 
 def test_nerve_metrics_bundle():
-    from utils.spectra import nerve_metrics
+    from utils.metrics.spectra import nerve_metrics
 
     pre = np.r_[10.0, np.ones(9) * 0.1]
     post = np.ones(10)
@@ -311,58 +310,3 @@ def test_nerve_metrics_bundle():
     assert m["se_post"] == pytest.approx(math.log(10)) and m["pr_post"] == pytest.approx(10)
     assert m["eee_post"] == pytest.approx(0.0, abs=1e-12) and m["se_pre"] < m["se_post"]
     assert m["js"] == pytest.approx(js_divergence(pre, post))
-
-
-def test_lapack_threads_by_size_and_load(monkeypatch):
-    """One thread below the crossover; above it every core when all are idle, else as many
-    threads as idle cores (at least one); the previous setting is restored."""
-
-    import torch
-
-    from utils import spectra
-
-    monkeypatch.setattr(spectra, "_cores", lambda: 4)
-    before = torch.get_num_threads()
-    monkeypatch.setattr(spectra, "_idle_cores", lambda: 4.0)
-    with spectra.lapack_threads(16, crossover=1024):
-        assert torch.get_num_threads() == 1
-    with spectra.lapack_threads(4096, crossover=1024):
-        assert torch.get_num_threads() == max(before, 4)
-    for idle, threads in [(3.0, 3), (2.5, 2), (1.0, 1), (0.2, 1), (-3.0, 1)]:
-        monkeypatch.setattr(spectra, "_idle_cores", lambda idle=idle: idle)
-        with spectra.lapack_threads(4096, crossover=1024):
-            assert torch.get_num_threads() == threads, idle
-    assert torch.get_num_threads() == before
-
-
-def test_running_elsewhere_excludes_own_threads(tmp_path):
-    """Other processes' runnable threads = /proc/loadavg's running count minus this process's
-    threads in state R (a command name may hold ') R ')."""
-    from utils import spectra
-
-    (tmp_path / "loadavg").write_text("1.50 1.20 1.00 5/321 4242\n")
-    states = {"101": "101 (python) R 1 101", "102": "102 (a) R (b) S 1 101", "103": "103 (worker) R 1 101",
-              "104": "104 (idle) S 1 101"}
-    for tid, stat in states.items():
-        (tmp_path / "self" / "task" / tid).mkdir(parents=True)
-        (tmp_path / "self" / "task" / tid / "stat").write_text(stat + " 0 0\n")
-    assert spectra._running_elsewhere(snapshots=1, proc=tmp_path) == 5 - 2  # 101 and 103 are ours
-    assert spectra._running_elsewhere(proc=tmp_path / "missing") is None
-
-
-@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="needs Linux /proc")
-def test_running_elsewhere_sees_a_busy_process():
-    """A spinning child process is a runnable thread of another process."""
-    import subprocess
-    import sys
-    import time
-
-    from utils import spectra
-
-    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.3)
-        assert max(spectra._running_elsewhere(snapshots=5) for _ in range(3)) >= 1
-    finally:
-        child.kill()
-        child.wait()

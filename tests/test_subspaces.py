@@ -1,4 +1,4 @@
-"""utils.subspaces: closed forms of subspace similarity and energy fractions, and the factored
+"""utils.metrics.subspaces: closed forms of subspace similarity and energy fractions, and the factored
 singular subspaces against the dense kernel's SVD."""
 
 import math
@@ -10,8 +10,7 @@ import torch
 from scipy.linalg import subspace_angles
 
 from utils import load_model
-from utils.adapters import FFNWeights
-from utils.subspaces import (
+from utils.metrics.subspaces import (
     chance_similarity,
     energy_in_subspace,
     ffn_alignment,
@@ -20,6 +19,7 @@ from utils.subspaces import (
     similarity_matrix,
     subspace_similarity,
 )
+from utils.models.adapters import FFNWeights
 
 PARAMS = Path(__file__).parent / "params"
 
@@ -141,7 +141,7 @@ def test_attn_subspace_validation(tiny_llama):
 
 
 def test_overlap_statistics_closed_form():
-    from utils.subspaces import overlap_statistics
+    from utils.metrics.subspaces import overlap_statistics
 
     L = 6
     i, j = np.indices((L, L))
@@ -156,7 +156,7 @@ def test_overlap_statistics_closed_form():
 def test_index_trend_and_reference_choice():
     import pandas as pd
 
-    from utils.subspaces import choose_reference_layer, index_trend, reference_candidates
+    from utils.metrics.subspaces import choose_reference_layer, index_trend, reference_candidates
 
     assert index_trend([1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.0)
     assert index_trend([3.0, 1.0]) == pytest.approx(-1.0)  # two points, as the seed computes them
@@ -180,7 +180,7 @@ def test_index_trend_and_reference_choice():
 
 
 def test_phase_boundaries_are_the_largest_drops():
-    from utils.subspaces import phase_boundaries
+    from utils.metrics.subspaces import phase_boundaries
 
     S = np.eye(6)
     adjacent = [0.9, 0.8, 0.3, 0.7, 0.2]  # a_i = S[i, i + 1]
@@ -193,7 +193,7 @@ def test_phase_boundaries_are_the_largest_drops():
 
 
 def test_seed_verdict_thresholds():
-    from utils.subspaces import alignment_verdict, convergence_verdict, overlap_statistics, overlap_verdict
+    from utils.metrics.subspaces import alignment_verdict, convergence_verdict, overlap_statistics, overlap_verdict
 
     L = 9
     i, j = np.indices((L, L))

@@ -1,4 +1,4 @@
-"""utils.synthetic: random checkpoints at real shapes, written tensor by tensor."""
+"""utils.models.synthetic: random checkpoints at real shapes, written tensor by tensor."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from utils import synthetic
-from utils.params import ParamsError, load_params
+from utils.models import synthetic
+from utils.models.params import ParamsError, load_params
 
 TINY = dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, vocab_size=49408, max_position_embeddings=256,
@@ -129,7 +129,7 @@ def test_unknown_shape_and_family_are_refused():
 
 def test_load_model_builds_a_synthetic_source_once(tmp_path, monkeypatch, tokenizer_dir):
     """`kind: synthetic` writes the checkpoint into the cache on first use, then reuses it."""
-    from utils.models import load_model
+    from utils.models.loading import load_model
 
     monkeypatch.setitem(synthetic.SHAPES, "tiny-test", {**TINY, "tie_word_embeddings": True})
     monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path / "cache"))

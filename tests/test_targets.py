@@ -11,12 +11,12 @@ import subprocess
 import pytest
 import yaml
 
-import utils.params
-import utils.targets
-from utils.parameters import parameters_cell
-from utils.params import REPO_ROOT
-from utils.run import notebook_names
-from utils.targets import available_models, compared_models, main, models_for_all
+import utils.models.params
+import utils.pipeline.targets
+from utils.paths import REPO_ROOT
+from utils.pipeline.notebook_parameters import parameters_cell
+from utils.pipeline.run import notebook_names
+from utils.pipeline.targets import available_models, compared_models, main, models_for_all
 
 from .conftest import TESTS_DIR
 
@@ -29,8 +29,8 @@ def params_dir(tmp_path, monkeypatch):
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(
         {**tiny, "notebooks": {"07_model_comparison": {"compare_with": ["a", "b", "hub", "no-such-model", "a"]}}}))
     (tmp_path / "hub.yaml").write_text("source: {kind: hub, id: nobody/not-a-model}\n")
-    monkeypatch.setattr(utils.params, "PARAMS_DIR", tmp_path)
-    monkeypatch.setattr(utils.targets, "PARAMS_DIR", tmp_path)
+    monkeypatch.setattr(utils.models.params, "PARAMS_DIR", tmp_path)
+    monkeypatch.setattr(utils.pipeline.targets, "PARAMS_DIR", tmp_path)
     return tmp_path
 
 
@@ -65,7 +65,7 @@ def _dry_run(tmp_path, goal):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_all_runs_07_after_the_models_it_compares(tmp_path):
     runs, done = _dry_run(tmp_path, "all")
-    available, skipped = available_models(models_for_all(utils.params.available_params()))
+    available, skipped = available_models(models_for_all(utils.models.params.available_params()))
     assert done.stderr.count("skip ") == len(skipped)  # one line per unavailable model, once
     assert {model for _, model in runs} == set(available)
     assert done.stdout.rstrip().splitlines()[-1].endswith(f"utils.index {tmp_path}")

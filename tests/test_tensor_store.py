@@ -1,4 +1,4 @@
-"""Streamed weights (utils/tensor_store.py, CheckpointAdapter, load_weights) against the loaded
+"""Streamed weights (utils/models/tensor_store.py, CheckpointAdapter, load_weights) against the loaded
 model on every family, and the clear errors for broken checkpoints on both paths."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from utils.adapters import CheckpointAdapter
-from utils.models import LoadedModel, StreamedWeights, load_model, load_weights
-from utils.params import load_params
-from utils.spectra import entry_std, gram_matrix, singular_values
-from utils.tensor_store import CorruptCheckpointError, NonFiniteWeightError, TensorStore, UnsafeCheckpointError, check_finite
-from utils.weights import weight_spectra
+from utils.metrics.spectra import entry_std, gram_matrix, singular_values
+from utils.metrics.weight_spectra import weight_spectra
+from utils.models.adapters import CheckpointAdapter
+from utils.models.loading import LoadedModel, StreamedWeights, load_model, load_weights
+from utils.models.params import load_params
+from utils.models.tensor_store import CorruptCheckpointError, NonFiniteWeightError, TensorStore, UnsafeCheckpointError, check_finite
 
 from .conftest import TESTS_DIR, tiny_model_ids, tiny_models
 
@@ -104,7 +104,7 @@ def test_gram_from_row_blocks_matches_whole_matrix():
         torch.testing.assert_close(gram_matrix(W), whole, rtol=1e-12, atol=1e-9)
         torch.testing.assert_close(singular_values(W), torch.linalg.svdvals(X), rtol=1e-8, atol=1e-8)
         assert entry_std(W) == pytest.approx(float(X.std()), rel=1e-12)
-    from utils import spectra
+    from utils.metrics import spectra
 
     blocks = list(spectra._row_blocks(torch.zeros(1000, 8), block_bytes=8 * 8 * 100))
     assert [b.shape[0] for b in blocks] == [100] * 10 and blocks[0].dtype == torch.float64
@@ -188,7 +188,7 @@ def test_random_params_fall_back_to_the_loaded_model():
 def test_notebooks_run_streamed_on_a_checkpoint_without_tokenizer(tmp_path, run_notebook):
     """Notebooks 01-03 need only tensors: a local checkpoint with no tokenizer files runs, and
     notebook 01's CSV equals the one computed from the loaded model (GPT-2: Conv1D, fused QKV)."""
-    from utils.report import write_csv
+    from utils.atomic_io import write_csv
 
     loaded = load_model(str(TESTS_DIR / "params" / "tiny-gpt2.yaml"))
     params = save_local(loaded, tmp_path / "ckpt")
@@ -214,7 +214,7 @@ def test_smollm2_streamed_equals_loaded():
         ma, mb = a.weight_matrices(layer), b.weight_matrices(layer)
         assert list(ma) == list(mb) and all(torch.equal(ma[k], mb[k]) for k in ma)
     assert torch.equal(a.embedding(), b.embedding())
-    from utils.spectra import weight_metrics
+    from utils.metrics.spectra import weight_metrics
 
     for W, V in [(a.weight_matrices(0)["q"], b.weight_matrices(0)["q"]),
                  (a.weight_matrices(a.dims.L - 1)["ffn_out"], b.weight_matrices(a.dims.L - 1)["ffn_out"])]:
@@ -223,7 +223,7 @@ def test_smollm2_streamed_equals_loaded():
 
 
 def test_count_nonfinite_in_blocks_equals_whole_count():
-    from utils.tensor_store import count_nonfinite
+    from utils.models.tensor_store import count_nonfinite
 
     torch.manual_seed(1)
     W = torch.randn(1000, 37).to(torch.bfloat16)
@@ -258,7 +258,7 @@ def test_hub_model_streamed_from_the_hf_cache(tmp_path, monkeypatch):
     not cached is refused with the fix."""
     import huggingface_hub.constants
 
-    from utils.models import ModelUnavailableError, check_available
+    from utils.models.sources import ModelUnavailableError, check_available
 
     loaded = load_model(str(TESTS_DIR / "params" / "tiny-llama.yaml"))
     saved = tmp_path / "saved"

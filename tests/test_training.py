@@ -1,4 +1,4 @@
-"""Tests of utils.training / utils.nanogpt: FFN hooks, per-sample gradients, determinism,
+"""Tests of utils.engine.training / utils.models.nanogpt: FFN hooks, per-sample gradients, determinism,
 HF round-trip, the Trainer wrapper and the bounds of the recorded NerVE metrics."""
 
 import math
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from utils.training import (
+from utils.engine.training import (
     NanoGPTConfig,
     NanoGPTForCausalLM,
     SpectralCallback,
@@ -126,7 +126,7 @@ def test_save_pretrained_round_trip(tmp_path, act, norm, pos):
     tok2 = AutoTokenizer.from_pretrained(tmp_path)
     assert tok2.decode(tok2(TEXT, add_special_tokens=False)["input_ids"]) == TEXT
     # A params file pointing at the checkpoint loads it like any other model (notebooks 01-05).
-    from utils.models import load_model
+    from utils.models.loading import load_model
 
     params = tmp_path / "checkpoint.yaml"
     params.write_text(f"source: {{kind: local, path: '{tmp_path}'}}\n")
@@ -174,7 +174,7 @@ def test_metrics_in_bounds_and_trainer_wrapper():
 
 
 def test_head_gradient_movement_closed_forms():
-    from utils.training import head_gradient_movement
+    from utils.engine.training import head_gradient_movement
 
     steps = np.arange(6)
     head = np.array([0.5, 0.6, 0.55, 0.8, 0.7, 0.75])
@@ -194,7 +194,7 @@ def test_callback_runs_in_a_foreign_hf_model():
     """The spectral callback finds FFNs through the adapters, so any supported HF model works."""
     from pathlib import Path
 
-    from utils.models import load_model
+    from utils.models.loading import load_model
 
     loaded = load_model(str(Path(__file__).parent / "params" / "tiny-gpt2.yaml"))
     ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))

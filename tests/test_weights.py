@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from utils.models import load_model
-from utils.spectra import effective_rank, fit_power_law
-from utils.weights import phase_trend, sharpest_transitions, weight_spectra
+from utils.metrics.spectra import effective_rank, fit_power_law
+from utils.metrics.weight_spectra import phase_trend, sharpest_transitions, weight_spectra
+from utils.models.loading import load_model
 
 from .conftest import tiny_models
 

@@ -24,8 +24,8 @@ Source kinds and their keys:
 - bundled: package (str), and file (GGUF inside it), subdir (HF directory inside it) or
   assemble: true (the package assembles its GGUF from chunk packages into the cache)
 - random: model_type (str), config (mapping of config kwargs), seed (int), tokenizer ("bytes")
-- synthetic: shape (a name in utils.synthetic.SHAPES, e.g. llama-3.2-1b), seed (int): a random
-  bf16 checkpoint at that real shape, written into .cache/synthetic/ on first use (utils.synthetic)
+- synthetic: shape (a name in utils.models.shapes.SHAPES, e.g. llama-3.2-1b), seed (int): a random
+  bf16 checkpoint at that real shape, written into .cache/synthetic/ on first use (utils.models.synthetic)
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PARAMS_DIR = REPO_ROOT / "params"
+from utils.models.shapes import SHAPES
+from utils.paths import PARAMS_DIR, REPO_ROOT
 
 _TOP_KEYS = {
     "description": (str, False),
@@ -153,8 +153,6 @@ def params_from_mapping(raw, path: Path, name: str | None = None) -> Params:
     if kind == "gguf" and not (source.get("path") or (source.get("dir") and source.get("file"))):
         raise ParamsError(f"{path}: a gguf source needs 'path', or 'dir' and 'file'")
     if kind == "synthetic":
-        from .synthetic import SHAPES
-
         if source["shape"] not in SHAPES:
             raise ParamsError(f"{path}: source.shape {source['shape']!r} is not a known shape; known: {sorted(SHAPES)}")
     if kind == "bundled" and not (source.get("file") or source.get("subdir") or source.get("assemble")):

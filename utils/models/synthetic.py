@@ -1,6 +1,6 @@
 """Random-weight checkpoints at real model shapes, written shard by shard.
 
-    python -m utils.synthetic llama-3.2-1b <dir> [--seed 0] [--shard-gb 1.0]
+    python -m utils.models.synthetic llama-3.2-1b <dir> [--seed 0] [--shard-gb 1.0]
 
 A checkpoint here is what the HF hub serves: `config.json`, bf16 safetensors shards
 `model-0000i-of-0000N.safetensors`, `model.safetensors.index.json` and tokenizer files, with
@@ -18,7 +18,7 @@ biases 0. Every tensor has its own generator seeded from (seed, tensor name), so
 do not depend on the shard size or the order of writing.
 
 The tokenizer is SmolLM2-135M's (bundled offline; vocabulary 49152), copied from the dequantized
-cache `utils.models` builds. Its ids are all below every shape's vocabulary, so any text it
+cache `utils.models.gguf` builds. Its ids are all below every shape's vocabulary, so any text it
 tokenizes is a valid input; the config's bos/eos ids are set to that tokenizer's.
 """
 
@@ -35,35 +35,15 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer
 
-from .report import atomic_directory
+from utils.atomic_io import atomic_directory
+from utils.models.gguf import dequantized_dir
+from utils.models.params import load_params
+from utils.models.shapes import SHAPES
+from utils.models.sources import gguf_path
+from utils.paths import cache_dir
 
-# Public configs (config.json on the HF hub), shape-defining fields only.
-SHAPES: dict[str, dict] = {
-    "llama-3.2-1b": dict(  # meta-llama/Llama-3.2-1B
-        model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
-        max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
-        rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-        tie_word_embeddings=True, hidden_act="silu", attention_bias=False, mlp_bias=False,
-        initializer_range=0.02,
-    ),
-    "qwen2.5-3b": dict(  # Qwen/Qwen2.5-3B
-        model_type="qwen2", hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-        num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
-        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-        sliding_window=32768, use_sliding_window=False, max_window_layers=36,
-        tie_word_embeddings=True, hidden_act="silu", initializer_range=0.02,
-    ),
-    "qwen2.5-7b": dict(  # Qwen/Qwen2.5-7B
-        model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-        max_position_embeddings=131072, rope_theta=1000000.0, rms_norm_eps=1e-6,
-        sliding_window=131072, use_sliding_window=False, max_window_layers=28,
-        tie_word_embeddings=False, hidden_act="silu", initializer_range=0.02,
-    ),
-}
 # Families whose HF layout this writer knows: q/k/v biases or not.
 _QKV_BIAS = {"llama": False, "qwen2": True, "mistral": False}
 _BF16 = torch.bfloat16
@@ -177,11 +157,8 @@ def _write_shard(path: Path, shard: list[TensorSpec], seed: int, std: float, bar
 
 
 def _smollm2_tokenizer_dir() -> Path:
-    from .models import _dequantized_dir, _gguf_path
-    from .params import load_params
-
     params = load_params("smollm2-135m")
-    return _dequantized_dir(_gguf_path(params), params)
+    return dequantized_dir(gguf_path(params), params)
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -195,8 +172,6 @@ def write_checkpoint(shape: str | dict, out_dir: str | Path, seed: int = 0, shar
     `shape`: a name in SHAPES or a config mapping (`model_type` + config kwargs). Peak memory is
     one row block of one tensor (~64 MB float32), whatever the model size.
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     kwargs = shape_config(shape)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else _smollm2_tokenizer_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -227,15 +202,13 @@ def write_checkpoint(shape: str | dict, out_dir: str | Path, seed: int = 0, shar
                 weight_map.update({s.name: fname for s in shard})
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "SOURCE").write_text(f"utils.synthetic shape={shape if isinstance(shape, str) else 'custom'} "
+        (tmp / "SOURCE").write_text(f"utils.models.synthetic shape={shape if isinstance(shape, str) else 'custom'} "
                                     f"seed={seed}\n")
     return out
 
 
 def cached_checkpoint(shape: str, seed: int = 0, root: Path | None = None) -> Path:
     """The checkpoint of (shape, seed) in the model cache, written on first use."""
-    from .models import cache_dir
-
     key = hashlib.sha256(json.dumps([SHAPES.get(shape), seed, _WRITER_VERSION], sort_keys=True).encode())
     target = (root or cache_dir() / "synthetic") / f"{shape}-seed{seed}-{key.hexdigest()[:8]}"
     if not (target / "model.safetensors.index.json").exists():

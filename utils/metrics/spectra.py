@@ -20,109 +20,15 @@ References
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from utils.machine import lapack_threads
+
 ArrayLike = "np.ndarray | torch.Tensor"
-
-
-@contextlib.contextmanager
-def single_threaded_lapack():
-    """Run dense eigen/singular-value decompositions on one thread.
-
-    MKL's threaded LAPACK (torch's CPU build) is pathological for the few-hundred-wide matrices
-    used here: on the 2-core reference machine a 576 x 576 `eigvalsh` takes 0.08 s on one thread
-    and 16 s on two under load. Matrix products stay multi-threaded outside this context.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-# Matrix size from which eigvalsh may use more than one core. bench/bench_lapack.py on the reference
-# machine (2 cores, MKL; docs/benchmarks.md): idle, 2 threads are 1.3-1.4x faster at every n from
-# 256 to 4096; while another process keeps a core busy, MKL's threads are 3-10x slower at every n.
-# Below 2048 the gain is a few hundredths of a second, the size of the idleness check itself.
-LAPACK_THREADS_CROSSOVER = 2048
-
-
-def _cores() -> int:
-    """Cores this process may run on (its CPU affinity), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _running_elsewhere(snapshots: int = 3, interval: float = 0.005, proc: Path = Path("/proc")) -> float | None:
-    """Runnable threads of other processes right now: the running count of /proc/loadavg (4th
-    field, "running/total") minus this process's threads in state R (/proc/self/task/*/stat),
-    median of a few snapshots. None where /proc does not provide them (then the caller falls
-    back to the load average)."""
-    counts = []
-    try:
-        for k in range(snapshots):
-            if k:
-                time.sleep(interval)
-            running = int((proc / "loadavg").read_text().split()[3].split("/")[0])
-            own = 0
-            for stat in (proc / "self" / "task").glob("*/stat"):
-                try:
-                    text = stat.read_text()
-                except OSError:  # the thread ended meanwhile
-                    continue
-                own += text[text.rindex(")") + 2] == "R"
-            counts.append(max(0, running - own))
-    except (OSError, ValueError, IndexError):
-        return None
-    return float(np.median(counts))
-
-
-def _idle_cores() -> float:
-    """Cores no other process is using now: `_cores()` minus other processes' runnable threads.
-
-    This process's own threads do not count, so notebook 05's eigenvalue phase right after its
-    forward pass (a 1-minute load average of ~2 on 2 cores) still finds both cores idle; the
-    1-minute load average, which counts them and lags by a minute, is only the fallback."""
-    elsewhere = _running_elsewhere()
-    if elsewhere is not None:
-        return _cores() - elsewhere
-    try:
-        return _cores() - os.getloadavg()[0]
-    except OSError:
-        return 0.0
-
-
-@contextlib.contextmanager
-def lapack_threads(n: int, crossover: int | None = None):
-    """Threads for a dense n x n eigen/singular-value problem: the idle cores for large n, else one.
-
-    When n >= `crossover` (default LAPACK_THREADS_CROSSOVER): every core (or the number already
-    set if larger) when no other process is running, else as many threads as cores are idle
-    (`_idle_cores`; one when a single core of two is busy elsewhere, since a preempted MKL thread
-    stalls the rest). One thread below the crossover (see `single_threaded_lapack`).
-    """
-    previous = torch.get_num_threads()
-    threads = 1
-    if n >= (LAPACK_THREADS_CROSSOVER if crossover is None else crossover):
-        cores = _cores()
-        idle = int(min(cores, max(1.0, _idle_cores())))
-        threads = max(previous, cores) if idle >= cores else idle
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def as_spectrum(values) -> np.ndarray:
@@ -495,4 +401,14 @@ def nerve_metrics(eig_pre, eig_post) -> dict[str, float]:
         "pr_pre": participation_ratio(eig_pre), "pr_post": participation_ratio(eig_post),
         "eee_pre": early_eigenvalue_enrichment(eig_pre), "eee_post": early_eigenvalue_enrichment(eig_post),
         "js": js_divergence(eig_pre, eig_post),
+    }
+
+
+def spectrum_metrics(eigenvalues) -> dict:
+    """Effective rank exp(H(lambda / sum lambda)) on covariance eigenvalues, participation ratio
+    (sum lambda)^2 / sum lambda^2, and the number of components holding 90% of the variance."""
+    return {
+        "eff_rank": effective_rank(eigenvalues),
+        "participation_ratio": participation_ratio(eigenvalues),
+        "n90": components_for_variance(eigenvalues, 0.9),
     }

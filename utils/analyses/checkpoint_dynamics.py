@@ -10,13 +10,13 @@ the `trainer_state.json` log history records at that step (NaN when absent).
 
 `measure_series` visits the checkpoints one at a time (load, measure, free: memory of one
 model) and reuses the project's engines, no second implementation:
-- weights (`utils.weights.weight_spectra`): eff_rank, stable_rank and alpha of every matrix,
+- weights (`utils.metrics.weight_spectra.weight_spectra`): eff_rank, stable_rank and alpha of every matrix,
   metric `w.<type>.<name>` at its layer (embedding/unembedding at layer -1);
-- one streaming pass of the activation engine (`utils.activations.collect_activations`, all
+- one streaming pass of the activation engine (`utils.engine.activations.collect_activations`, all
   FFN layers and the residual stream at once; the engine splits the FFN layers into more passes
   only when their accumulators exceed `ffn_memory_mb`) over a fixed token sample
-  (`utils.corpus.sample_tokens`, fixed seed, drawn with the first checkpoint's tokenizer):
-  NerVE metrics (`utils.spectra.nerve_metrics`: se/pr/eee pre and post, js) of every FFN,
+  (`utils.engine.corpus.sample_tokens`, fixed seed, drawn with the first checkpoint's tokenizer):
+  NerVE metrics (`utils.metrics.spectra.nerve_metrics`: se/pr/eee pre and post, js) of every FFN,
   metric `nerve.<name>` at FFN layer i, and the residual covariance effective rank and
   power-law tail slope (Spectral Lens), metrics `act.eff_rank`, `act.tail_slope` at residual
   state j (0 embeddings, i = output of block i-1, L+1 the final-normed state the LM head reads).
@@ -49,15 +49,18 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
-from .activations import collect_activations, default_ffn_budget
-from .corpus import TokenSample, sample_tokens
-from .models import LoadedModel, cache_dir, load_model
-from .params import REPO_ROOT, Params, load_params
-from .report import write_text
-from .representations import spectrum_metrics
-from .spectra import nerve_metrics, power_law_slope
-from .weights import weight_spectra
+from utils.atomic_io import write_text
+from utils.engine.activations import collect_activations, default_ffn_budget
+from utils.engine.corpus import TokenSample, sample_tokens
+from utils.metrics.spectra import nerve_metrics, power_law_slope, spectrum_metrics
+from utils.metrics.weight_spectra import weight_spectra
+from utils.models.loading import LoadedModel, load_model
+from utils.models.nanogpt import byte_tokenizer
+from utils.models.params import Params, load_params
+from utils.models.sources import gguf_path
+from utils.paths import REPO_ROOT, cache_dir
 
 CACHE_VERSION = 1
 WEIGHT_METRICS = ("eff_rank", "stable_rank", "alpha")
@@ -234,9 +237,7 @@ def checkpoint_fingerprint(params: Params) -> str:
         if isinstance(hit, str):  # .../snapshots/<commit>/config.json: the commit pins the content
             h.update(Path(hit).parent.name.encode())
     elif s["kind"] in ("gguf", "bundled"):
-        from .models import _gguf_path
-
-        gguf = _gguf_path(params)
+        gguf = gguf_path(params)
         if gguf is not None:
             st = gguf.stat()
             h.update(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -305,8 +306,6 @@ def measure_checkpoint(loaded: LoadedModel, tokens: TokenSample, *, skip_first: 
 
 def load_tokenizer(params: Params):
     """The tokenizer of a checkpoint without its weights (whole model only for GGUF sources)."""
-    from transformers import AutoTokenizer
-
     s = params.source
     if s["kind"] == "local":
         return AutoTokenizer.from_pretrained(s["path"], trust_remote_code=params.trust_remote_code)
@@ -314,8 +313,6 @@ def load_tokenizer(params: Params):
         return AutoTokenizer.from_pretrained(s["id"], revision=s.get("revision"),
                                              trust_remote_code=params.trust_remote_code)
     if s["kind"] == "random":
-        from .nanogpt import byte_tokenizer
-
         return byte_tokenizer()
     return load_model(params).tokenizer
 

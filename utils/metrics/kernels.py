@@ -41,8 +41,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import AttentionWeights, WeightAdapter, get_adapter
-from .spectra import effective_rank
+from utils.metrics.spectra import effective_rank
+from utils.models.adapters import AttentionWeights, WeightAdapter, get_adapter
 
 COMPLEX_RTOL = 1e-6  # an eigenvalue is complex when |Im lambda| > COMPLEX_RTOL * max |lambda|
 

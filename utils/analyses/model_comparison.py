@@ -23,7 +23,7 @@ def weight_comparison(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Stack notebook 01 tables (one per model) with `model`, `rel_depth` and `rel_eff_rank` columns.
 
     Each table needs the columns layer, weight, rows, cols, eff_rank, stable_rank, alpha,
-    mp_signal_ratio (as `utils.weights.weight_spectra` writes them)."""
+    mp_signal_ratio (as `utils.metrics.weight_spectra.weight_spectra` writes them)."""
     frames = []
     for name, df in tables.items():
         n_layers = int(df.layer.max()) + 1

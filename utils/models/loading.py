@@ -18,6 +18,7 @@ from utils.machine import available_ram
 from utils.models import nanogpt  # noqa: F401  (registers spectra_nanogpt with the Auto classes)
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, family_of, get_adapter
 from utils.models.gguf import auto_class, dequantized_dir
+from utils.models.hub_fetch import fetch_checkpoint, hub_offline
 from utils.models.params import Params, load_params
 from utils.models.sources import ModelUnavailableError, check_available, gguf_path, local_dir, package_dir
 from utils.models.synthetic import cached_checkpoint
@@ -214,8 +215,10 @@ class StreamedWeights:
 
 def open_checkpoint(params_or_name: Params | str) -> StreamedWeights | None:
     """The checkpoint's weights as a `CheckpointAdapter` over its safetensors, or None when the
-    params source has no files on disk (random configs; hub models not in the local cache).
-    Checks the files (pickle-only, truncated, corrupt) but reads no tensor."""
+    params source has no files on disk (random configs; hub models not in the local cache while
+    huggingface_hub is offline). A hub model not in the cache is fetched first when the hub can
+    be reached: config, tokenizer and safetensors only (`utils.models.hub_fetch`), never the
+    whole repository. Checks the files (pickle-only, truncated, corrupt) but reads no tensor."""
     params = params_or_name if isinstance(params_or_name, Params) else load_params(params_or_name)
     if params.source["kind"] == "random":
         return None
@@ -223,6 +226,9 @@ def open_checkpoint(params_or_name: Params | str) -> StreamedWeights | None:
     start = time.perf_counter()
     directory, origin = _checkpoint_location(params)
     local = local_dir(params, directory)
+    if local is None and params.source["kind"] == "hub" and not hub_offline():
+        local = fetch_checkpoint(params.source["id"], params.source.get("revision"))
+        origin += " (fetched: config, tokenizer, safetensors)"
     if local is None:
         return None
     config = AutoConfig.from_pretrained(str(local), trust_remote_code=params.trust_remote_code)

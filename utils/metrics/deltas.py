@@ -55,12 +55,15 @@ def check_same_shapes(adapter: WeightAdapter, base: WeightAdapter) -> None:
 
 
 def delta_matrices(adapter: WeightAdapter, base: WeightAdapter):
-    """(layer, weight, W - W_base) in float32 for every matrix of `block_matrices`."""
+    """(layer, weight, W - W_base) in float32 for every matrix of `block_matrices`; matrices equal
+    to the base's (frozen in a fine-tune) are left out (their spectrum is empty)."""
     check_same_shapes(adapter, base)
     for (layer, name, W), (_, _, W0) in zip(block_matrices(adapter), block_matrices(base)):
         if W.shape != W0.shape:
             raise DeltaError(f"layer {layer} {name}: shape {tuple(W.shape)} against the base's {tuple(W0.shape)}")
-        yield layer, name, W.to(torch.float32) - W0.to(W.device, torch.float32)
+        delta = W.to(torch.float32) - W0.to(W.device, torch.float32)
+        if bool(delta.any()):
+            yield layer, name, delta
 
 
 @dataclass(frozen=True)

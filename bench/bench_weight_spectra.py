@@ -8,6 +8,10 @@ metrics for every attention and FFN matrix and the embedding:
 - WeightWatcher 0.7.7: `WeightWatcher(model).analyze()` (SVD per matrix, its own power-law fit
   `WW_powerlaw.WWFit`, its default metrics).
 Each variant runs in its own child process, so peak RSS (ru_maxrss) is that variant's alone.
+Both compute the same columns: WeightWatcher's default frame (ours adds notebook 01's own metrics;
+the bootstrap, off here, is timed separately). `mp_fit` and `randomize` are timed on the 14
+matrices of the first two blocks (as torch Linear layers for WeightWatcher: its mp_fit refits a
+kernel density at each of ~200 sigmas per matrix, far too slow for all 211 on this machine).
 The alphas of the 210 block matrices are matched by layer and module name (Llama names) and
 compared: share of matrices within 1% and 5% of WeightWatcher's alpha, median relative difference.
 
@@ -26,6 +30,41 @@ import time
 MODEL = "smollm2-135m"
 LLAMA_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "ffn_gate",
                "up_proj": "ffn_in", "down_proj": "ffn_out"}
+
+
+def _first_blocks(loaded, n: int = 2) -> list:
+    return [W for layer in range(n) for W in loaded.adapter.weight_matrices(layer).values()]
+
+
+def _option_ours(loaded, option: str) -> dict:
+    import numpy as np
+
+    from utils.metrics.spectra import entry_std, singular_values
+    from utils.metrics.weight_spectra import SpectraOptions, matrix_row
+
+    options, rng = SpectraOptions(**{option: True}), np.random.RandomState(0)
+    rows = [matrix_row(singular_values(W).numpy(), *W.shape, entry_std(W), options, W, rng) for W in _first_blocks(loaded)]
+    key = "mp_softrank" if option == "mp_fit" else "rand_distance"
+    return {"n_matrices": len(rows), "alpha_median": float(np.median([r[key] for r in rows])), "alphas": {}}
+
+
+def _option_ww(loaded, option: str) -> dict:
+    import logging
+
+    import numpy as np
+    import torch
+    import weightwatcher as ww
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    layers = []
+    for W in _first_blocks(loaded):
+        layer = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
+        layer.weight.data = W.detach().float().clone()
+        layers.append(layer)
+    np.random.seed(0)
+    details = ww.WeightWatcher(model=torch.nn.Sequential(*layers)).analyze(**{option: True})
+    key = "mp_softrank" if option == "mp_fit" else "rand_distance"
+    return {"n_matrices": len(details), "alpha_median": float(details[key].median()), "alphas": {}}
 
 
 def ours(loaded) -> dict:
@@ -60,7 +99,11 @@ def child(variant: str) -> None:
     torch.set_num_threads(1)  # both variants on one thread: MKL's threaded LAPACK is slower here
     loaded = load_model(MODEL)
     start = time.perf_counter()
-    result = {"ours": ours, "weightwatcher": weightwatcher}[variant](loaded)
+    runs = {"ours": ours, "weightwatcher": weightwatcher,
+            "ours-mp_fit": lambda m: _option_ours(m, "mp_fit"), "weightwatcher-mp_fit": lambda m: _option_ww(m, "mp_fit"),
+            "ours-randomize": lambda m: _option_ours(m, "randomize"),
+            "weightwatcher-randomize": lambda m: _option_ww(m, "randomize")}
+    result = runs[variant](loaded)
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"variant": variant, "seconds": seconds, "peak_rss_mb": rss_mb, **result}))
@@ -78,18 +121,19 @@ def agreement(a: dict, b: dict) -> dict:
 
 def main() -> None:
     rows = []
-    for variant in ("ours", "weightwatcher"):
+    for variant in ("ours", "weightwatcher", "ours-mp_fit", "weightwatcher-mp_fit", "ours-randomize",
+                    "weightwatcher-randomize"):
         done = subprocess.run([sys.executable, __file__, variant], capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    a, b = rows
     print(f"## Notebook 01 weight spectra vs WeightWatcher on {MODEL} (load excluded, one thread)\n")
-    print("| variant | matrices | seconds | peak RSS (MB) | median alpha |")
+    print("| variant | matrices | seconds | peak RSS (MB) | median (alpha; mp_softrank; rand_distance) |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['n_matrices']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['alpha_median']:.2f} |")
-    print(f"\nspeed-up: {b['seconds'] / a['seconds']:.1f}x; peak memory ratio (ww / ours): "
-          f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
-    agree = agreement(a["alphas"], b["alphas"])
+        print(f"| {r['variant']} | {r['n_matrices']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['alpha_median']:.4f} |")
+    for a, b in zip(rows[::2], rows[1::2]):
+        print(f"\n{a['variant']}: speed-up {b['seconds'] / a['seconds']:.1f}x; peak memory ratio (ww / ours): "
+              f"{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}")
+    agree = agreement(rows[0]["alphas"], rows[1]["alphas"])
     print(f"\nalpha agreement on {agree['matched']} block matrices: {agree['within_1pct']:.1%} within 1%, "
           f"{agree['within_5pct']:.1%} within 5%, median relative difference {agree['median_rel']:.2e}, "
           f"largest {agree['max_rel']:.2e}")

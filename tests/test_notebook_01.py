@@ -34,6 +34,17 @@ def test_notebook_01(run_notebook, path):
     assert "## Findings" in report and "random init" in report
     assert f"median {df.rank_slope.median():.2f}, range {df.rank_slope.min():.2f}-{df.rank_slope.max():.2f}" in report
     assert "Prisma's 'alpha' of 0.25-0.35" in report and "`weightwatcher` 0.7.7" in report
-    for fig in ("eff_rank_by_layer.png", "layerwise_metrics.png", "spectra_by_component.png"):
+    from utils.analyses.weight_spectra import weight_spectra_findings
+    from utils.metrics.weightwatcher import WW_DEFAULT_COLUMNS, ww_summary
+
+    assert set(WW_DEFAULT_COLUMNS + ["alpha_low", "alpha_high", "alpha_p"]) <= set(df.columns)
+    fitted = df.dropna(subset=["alpha"])
+    assert (fitted.alpha_low <= fitted.alpha_high).all() and fitted.alpha_p.between(0, 1).all()
+    assert np.allclose(fitted.xmin, fitted.alpha_xmin, rtol=1e-5) and (fitted.status == "success").all()
+    f = weight_spectra_findings(df, adapter.dims.L)
+    assert f.summary == ww_summary(df) and f.n_interval == len(fitted)
+    assert f"{f.interval_width_median:.2f}" in report and "## WeightWatcher summary" in report
+    for fig in ["eff_rank_by_layer.png", "layerwise_metrics.png", "spectra_by_component.png", "alpha_intervals.png"] + [
+            f"esd_{w}.png" for w in set(df.weight)]:
         assert (out / fig).stat().st_size > 1000
     assert (out / "01_weight_spectra.ipynb").exists()

@@ -44,3 +44,20 @@ def test_sharpest_transitions():
     df = pd.DataFrame({"layer": [0, 1, 2, 3], "weight": ["q"] * 4, "eff_rank": [5.0, 9.0, 2.0, 3.0]})
     row = sharpest_transitions(df).iloc[0]
     assert row.max_drop == "1->2" and row["drop"] == -7.0 and row.max_jump == "0->1"
+
+
+def test_findings_fields_from_the_table():
+    """utils.analyses.weight_spectra's findings are computed from the table's columns."""
+    from utils.analyses.weight_spectra import findings_sentences, weight_spectra_findings
+    from utils.metrics.weight_spectra import SpectraOptions
+
+    loaded = load_model(tiny_models[0])
+    df, _ = weight_spectra(loaded.adapter, progress=False, options=SpectraOptions(bootstrap=10))
+    f = weight_spectra_findings(df, loaded.dims.L, heavy_tail_alpha=3.0)
+    alphas = df.alpha.dropna()
+    assert f.n_alpha == len(alphas) and f.heavy_share == pytest.approx((alphas < 3.0).mean())
+    assert f.alpha_median == pytest.approx(alphas.median()) and f.summary["alpha"] == pytest.approx(alphas.mean())
+    ci = df.dropna(subset=["alpha_low"])
+    assert f.below_bound == int((ci.alpha_high < 3.0).sum()) and f.above_bound == int((ci.alpha_low > 3.0).sum())
+    assert f.mp_signal_max == df.mp_signal_ratio.max() and f.beyond_max_n == []
+    assert any(f"median alpha {f.alpha_median:.2f}" in s for s in findings_sentences(f))

@@ -284,11 +284,18 @@ def weight_metrics(W: torch.Tensor) -> dict:
     mp_signal_ratio, and the singular values themselves under `singular_values` (numpy, descending).
     """
     rows, cols = W.shape
-    s = as_spectrum(singular_values(W))
-    sigma = entry_std(W)
-    fit = PowerLawFit(float("nan"), float("nan"), float("nan"), 0)
+    return spectrum_weight_metrics(singular_values(W), rows, cols, entry_std(W))
+
+
+def spectrum_weight_metrics(singular_vals, rows: int, cols: int, sigma: float) -> dict:
+    """`weight_metrics` of a rows x cols matrix given its singular values and entry standard
+    deviation sigma (for matrices known through factors, such as a LoRA update B A), plus the
+    power-law fit itself under `fit` (a `PowerLawFit`, or None where WW skips the matrix)."""
+    s = as_spectrum(singular_vals)
+    fit = None
     if min(rows, cols) >= WW_MIN_EVALS and (s**2 > WW_EVALS_THRESH).sum() >= 2:
         fit = fit_power_law(s**2)
+    nan = float("nan")
     return {
         "rows": rows,
         "cols": cols,
@@ -296,13 +303,14 @@ def weight_metrics(W: torch.Tensor) -> dict:
         "stable_rank": stable_rank(s),
         "spectral_norm": spectral_norm(s),
         "fro_norm": float(np.sqrt((s**2).sum())),
-        "alpha": fit.alpha,
-        "alpha_xmin": fit.xmin,
-        "alpha_ks": fit.ks_distance,
-        "rank_slope": rank_slope(s) if s.size >= 4 else float("nan"),
+        "alpha": fit.alpha if fit else nan,
+        "alpha_xmin": fit.xmin if fit else nan,
+        "alpha_ks": fit.ks_distance if fit else nan,
+        "rank_slope": rank_slope(s) if s.size >= 4 else nan,
         "mp_edge": marchenko_pastur_edge(rows, cols, sigma),
         "mp_signal_ratio": mp_signal_ratio(s, rows, cols, sigma),
         "singular_values": s,
+        "fit": fit,
     }
 
 

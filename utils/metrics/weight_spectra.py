@@ -7,44 +7,144 @@ Marchenko-Pastur signal ratio, spectra per component).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from utils.metrics.spectra import weight_metrics
+from utils.metrics.deltas import block_matrices, delta_matrices, lora_updates
+from utils.metrics.power_law import alpha_interval, power_law_pvalue
+from utils.metrics.spectra import entry_std, singular_values, spectrum_weight_metrics
+from utils.metrics.weightwatcher import (
+    WW_DEFAULT_COLUMNS,
+    clipped_columns,
+    clipped_power_law_fit,
+    correlation_traps,
+    marchenko_pastur_fit,
+    resolved_singular_values,
+    ww_columns,
+)
 from utils.models.adapters import WeightAdapter
 
 METRIC_COLUMNS = ["eff_rank", "stable_rank", "spectral_norm", "fro_norm", "alpha", "alpha_xmin", "alpha_ks",
                   "rank_slope", "mp_edge", "mp_signal_ratio"]
+MP_COLUMNS = ["num_spikes", "sigma_mp", "mp_softrank", "bulk_min", "bulk_max", "W_scale"]
+RANDOMIZE_COLUMNS = ["max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "rand_num_spikes", "num_traps",
+                     "rand_sigma_mp", "rand_mp_softrank", "rand_W_scale", "rand_bulk_max", "rand_bulk_min"]
+FINGER_COLUMNS = ["num_fingers", "raw_alpha"]
+INTERVAL_COLUMNS = ["alpha_low", "alpha_high", "alpha_std", "alpha_p"]
+FIX_FINGERS = ("", "clip_xmax")
 # The Prisma write-up's "power-law alpha" of Prisma 357M and GPT-2 Medium (seed 000): a rank-slope
 # magnitude (`utils.metrics.spectra.rank_slope`), not WeightWatcher's alpha.
 PRISMA_ALPHA_RANGE = (0.25, 0.35)
 
 
-def weight_spectra(adapter: WeightAdapter, progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Metrics of every block matrix plus the embedding and (untied) unembedding.
+@dataclass(frozen=True)
+class SpectraOptions:
+    """What to compute beside the default columns (each off by default: each costs passes).
+
+    mp_fit, randomize, fix_fingers: WeightWatcher's options of the same names (randomize draws
+    numpy's RandomState(seed) in WW's order, so `np.random.seed(seed)` before WW's analyze()
+    gives the same shuffles); bootstrap: resamples for the interval of alpha at `level` and
+    synthetic samples for its goodness-of-fit p-value (`utils.metrics.power_law`; 0: none)."""
+
+    mp_fit: bool = False
+    randomize: bool = False
+    fix_fingers: str = ""
+    bootstrap: int = 0
+    level: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.fix_fingers not in FIX_FINGERS:
+            raise ValueError(f"fix_fingers={self.fix_fingers!r}: use '' (off) or 'clip_xmax'; WeightWatcher's "
+                             "'xmin_peak' needs the `powerlaw` package's fit and is not offered")
+        if self.bootstrap < 0 or self.bootstrap == 1 or not 0 < self.level < 1:
+            raise ValueError(f"bootstrap={self.bootstrap} must be 0 (off) or >= 2, level={self.level} in (0, 1)")
+
+    def columns(self) -> list[str]:
+        return (MP_COLUMNS * self.mp_fit + RANDOMIZE_COLUMNS * self.randomize
+                + FINGER_COLUMNS * bool(self.fix_fingers) + INTERVAL_COLUMNS * bool(self.bootstrap))
+
+
+def matrix_row(s: np.ndarray, rows: int, cols: int, sigma: float, options: SpectraOptions,
+               W: torch.Tensor | None = None, rng: np.random.RandomState | None = None) -> dict:
+    """Every column of one matrix from its singular values s (descending) and entry std sigma:
+    notebook 01's metrics, WeightWatcher's default frame and the options asked for. `W` is
+    needed to resolve tiny singular values and for `randomize`."""
+    m = spectrum_weight_metrics(s, rows, cols, sigma)
+    fit, s = m.pop("fit"), m["singular_values"]
+    resolved = resolved_singular_values(W, s) if W is not None else s
+    row = {**m, **ww_columns(resolved, rows, cols, fit)}
+    evals = s**2
+    if options.fix_fingers and fit is not None:
+        clipped = clipped_power_law_fit(evals)
+        row.update(ww_columns(resolved, rows, cols, clipped.fit), **clipped_columns(evals, clipped),
+                   alpha_xmin=clipped.fit.xmin, alpha_ks=clipped.fit.ks_distance)
+    if options.mp_fit:
+        row.update(marchenko_pastur_fit(evals, max(rows, cols), min(rows, cols)).row())
+    if options.randomize:
+        row.update(correlation_traps(W, evals, rng))
+    if options.bootstrap and fit is not None:
+        ci = alpha_interval(evals, options.bootstrap, options.level, options.seed)
+        row.update(alpha_low=ci.low, alpha_high=ci.high, alpha_std=ci.std,
+                   alpha_p=power_law_pvalue(evals, fit, options.bootstrap, options.seed))
+    return row
+
+
+def _table(records: list[dict], options: SpectraOptions) -> tuple[pd.DataFrame, dict]:
+    spectra = {(r["layer"], r["weight"]): r.pop("singular_values") for r in records}
+    df = pd.DataFrame.from_records(records)
+    extra = WW_DEFAULT_COLUMNS + [c for c in options.columns() if c not in WW_DEFAULT_COLUMNS]
+    cols = ["layer", "weight", "rows", "cols", "max_rank"] + METRIC_COLUMNS + extra
+    return df.reindex(columns=cols), spectra
+
+
+def weight_spectra(adapter: WeightAdapter, progress: bool = True, options: SpectraOptions | None = None,
+                   base: WeightAdapter | None = None) -> tuple[pd.DataFrame, dict]:
+    """Metrics of every block matrix plus the embedding and (untied) unembedding, one tensor at a
+    time (with `base`, of W - W_base, one pair at a time).
 
     Returns a table with one row per matrix: layer (-1 outside the blocks), weight, rows, cols,
-    max_rank (= min(rows, cols)), the metrics of `utils.metrics.spectra.weight_metrics`, and `tied`
-    for the unembedding; and a dict (layer, weight) -> singular values (descending).
+    max_rank (= min(rows, cols)), the metrics of `utils.metrics.spectra.weight_metrics`, every
+    column of WeightWatcher's default frame (`utils.metrics.weightwatcher.WW_DEFAULT_COLUMNS`)
+    and those of `options`; and a dict (layer, weight) -> singular values (descending).
+    Unlike WeightWatcher, matrices longer than its max_N = 50,000 (large-vocabulary embeddings)
+    are fitted too.
     """
-    records, spectra = [], {}
+    options = options or SpectraOptions()
+    rng = np.random.RandomState(options.seed)
+    matrices = block_matrices(adapter) if base is None else delta_matrices(adapter, base)
+    total = adapter.dims.L * len(adapter.weight_matrices(0)) if progress else None
+    records = []
+    for layer, name, W in tqdm(matrices, desc="weight spectra", total=total, disable=not progress):
+        rows, cols = W.shape
+        row = matrix_row(singular_values(W).numpy(), rows, cols, entry_std(W), options, W, rng)
+        records.append({"layer": layer, "weight": name, **row, "max_rank": min(rows, cols)})
+    return _table(records, options)
 
-    def add(layer: int, name: str, W) -> None:
-        m = weight_metrics(W)
-        spectra[(layer, name)] = m.pop("singular_values")
-        records.append({"layer": layer, "weight": name, **m, "max_rank": min(m["rows"], m["cols"])})
 
-    for layer in tqdm(range(adapter.dims.L), desc="weight spectra", disable=not progress):
-        for name, W in adapter.weight_matrices(layer).items():
-            add(layer, name, W)
-    add(-1, "embed", adapter.embedding())
-    unembed = adapter.unembedding()
-    if unembed is not None and not adapter.unembedding_is_tied():
-        add(-1, "unembed", unembed)
-    df = pd.DataFrame.from_records(records)
-    cols = ["layer", "weight", "rows", "cols", "max_rank"] + METRIC_COLUMNS
-    return df[cols], spectra
+def lora_spectra(directory: str | Path, adapter: WeightAdapter, progress: bool = True,
+                 options: SpectraOptions | None = None) -> tuple[pd.DataFrame, dict]:
+    """`weight_spectra` of every LoRA update s B A of a PEFT adapter directory, exactly from its
+    r x r factors (`utils.metrics.deltas.LoraUpdate`); `adapter` (the base model) names the
+    modules. randomize needs the dense matrix and is refused."""
+    options = options or SpectraOptions()
+    if options.randomize:
+        raise ValueError("randomize=True needs the dense update matrix; a LoRA adapter is analysed through its "
+                         "factors: set randomize=False")
+    records = []
+    for u in tqdm(lora_updates(directory, adapter), desc="LoRA spectra", disable=not progress):
+        s = u.singular_values()
+        rows, cols = u.shape
+        row = matrix_row(s, rows, cols, u.entry_std(s), options)
+        records.append({"layer": u.layer, "weight": u.weight, **row, "max_rank": min(rows, cols), "lora_rank": u.A.shape[0]})
+    df, spectra = _table(records, options)
+    df.insert(5, "lora_rank", [r["lora_rank"] for r in records])
+    return df, spectra
 
 
 def weight_type_statistics(df: pd.DataFrame, value: str = "eff_rank") -> pd.DataFrame:

@@ -64,11 +64,9 @@ pd.DataFrame([loaded.describe()]).T
 
 # %%
 spectrum = head_spectrum(attn, layer, head, complex_rtol)
+save_figure(plot_head_spectrum(spectrum), out / "head_kernel_spectrum.png")
 print(pd.Series(spectrum.summary()).to_string())
 spectrum.top_eigenvalues(20)
-
-# %%
-save_figure(plot_head_spectrum(spectrum), out / "head_kernel_spectrum.png")
 
 # %% [markdown]
 # ## 2. Every layer x head

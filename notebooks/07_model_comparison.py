@@ -16,8 +16,8 @@
 #
 # The Prisma write-up compares its model with GPT-2 Medium layer by layer. Here any set of
 # models is aligned by relative depth (layer / (L - 1)): weight spectra from notebook 01 (read
-# from its CSV when present, computed otherwise), and, where notebooks 04 and 05 have run for a
-# model, its activation effective ranks and NerVE FFN metrics.
+# from its CSV when present, else computed once and cached), and, where notebooks 04 and 05 have
+# run for a model, its activation effective ranks and NerVE FFN metrics.
 
 # %%
 from utils import load_params, output_dir, write_csv
@@ -76,6 +76,7 @@ comparison.summary
 
 # %%
 save_figure(plot_depth_profiles(comparison), out / "weight_depth_profiles.png")
+comparison.profiles["rel_eff_rank"]  # the numbers of the first panel: bin centres x models
 
 # %% [markdown]
 # ## 3. Relative effective rank per weight type (types every model has)

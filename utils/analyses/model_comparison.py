@@ -16,12 +16,13 @@ models of different width share one scale.
   on the relative-depth axis, where they exist.
 
 Spectra cache: `cache_dir()/weight_spectra/<params>-<digest>.json`, the digest over the key of
-`spectra_cache_key`: the checkpoint's content fingerprint (per safetensors/config file: name,
-size, mtime and a SHA-256 over its header and 16 evenly spaced 64 KiB blocks; for a random
-config the config, seed and the torch and transformers versions that initialise it), the load
-settings (dtype, device) and the source of the code that computes the spectra. The key is
+`spectra_cache_key`: the checkpoint's content fingerprint (per safetensors file, config.json and
+shard index: name, size, mtime and a SHA-256 over 17 evenly spaced 64 KiB blocks from the first,
+which holds the safetensors header, to the last; for a random config its config, seed and the
+torch and transformers versions that initialise it), the load settings (dtype, device) and the
+source of the modules that compute the spectra (weight_spectra, spectra, adapters). The key is
 stored and compared on load; an unreadable or mismatched entry is a miss (recomputed and
-overwritten), a failed write a warning.
+overwritten, with one line in `CachedSpectra.status`), a failed write a warning.
 """
 
 from __future__ import annotations
@@ -142,11 +143,12 @@ def check_parameters(depth_bins: int, heavy_tail_alpha: float) -> None:
 
 SPECTRA_CACHE_VERSION = 1
 _SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 1 << 16
+_CONFIG_FILES = ("config.json", "model.safetensors.index.json")  # besides the weights, what the spectra depend on
 _CODE = (weight_spectra, weight_metrics, WeightAdapter)  # their modules' source: what the numbers depend on
 
 
 def _file_fingerprint(path: Path) -> str:
-    """name|size|mtime_ns|SHA-256 of the first 64 KiB (a safetensors header) and 16 evenly spaced 64 KiB blocks."""
+    """name|size|mtime_ns|SHA-256 of 17 evenly spaced 64 KiB blocks, the first (a safetensors header) to the last."""
     st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -167,7 +169,7 @@ def checkpoint_fingerprint(params: Params) -> str | None:
     if streamed is None:
         return None
     directory = streamed.adapter.store.directory
-    files = sorted({*streamed.adapter.store.files, *directory.glob("*.json")})
+    files = sorted({*streamed.adapter.store.files, *(directory / n for n in _CONFIG_FILES if (directory / n).exists())})
     for path in files:
         h.update(_file_fingerprint(path).encode())
     return h.hexdigest()[:24]

@@ -229,9 +229,8 @@ class LayerOverlap:
     boundaries: pd.DataFrame
 
     def matrices(self) -> dict[str, np.ndarray]:
-        head = self.setup.head
-        return {f"head {head}, key": self.similarity["key"][head], "head mean, key": self.head_mean["key"],
-                f"head {head}, query": self.similarity["query"][head], "head mean, query": self.head_mean["query"]}
+        """The four L x L matrices the notebook shows: head `head` and the head mean, key and query side."""
+        return _matrices(self.similarity, self.head_mean, self.setup.head)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The notebook's .npy files, by file stem."""
@@ -239,6 +238,11 @@ class LayerOverlap:
         return {"subspace_similarity": self.head_mean["key"], f"subspace_similarity_head{head}": self.similarity["key"][head],
                 "subspace_similarity_query": self.head_mean["query"],
                 f"subspace_similarity_query_head{head}": self.similarity["query"][head]}
+
+
+def _matrices(similarity: dict, head_mean: dict, head: int) -> dict[str, np.ndarray]:
+    return {f"head {head}, key": similarity["key"][head], "head mean, key": head_mean["key"],
+            f"head {head}, query": similarity["query"][head], "head mean, query": head_mean["query"]}
 
 
 def _by_distance(matrices: dict[str, np.ndarray], L: int) -> pd.DataFrame:
@@ -256,8 +260,7 @@ def layer_overlap(adapter: WeightAdapter, setup: SubspaceSetup) -> LayerOverlap:
                  for side in SIDES}  # side -> (L, h, K, d)
     similarity = {side: similarity_matrix(subs.transpose(0, 1)).cpu().numpy() for side, subs in subspaces.items()}
     head_mean = {side: sims.mean(axis=0) for side, sims in similarity.items()}
-    partial = LayerOverlap(setup, subspaces, similarity, head_mean, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
-    matrices = partial.matrices()
+    matrices = _matrices(similarity, head_mean, head)
     statistics = pd.DataFrame({name: overlap_statistics(S, setup.distant_gap) for name, S in matrices.items()})
     boundaries = pd.concat([phase_boundaries(similarity["key"][head]).assign(inputs=f"head {head}, key (seed)"),
                             phase_boundaries(head_mean["key"]).assign(inputs="head mean, key")], ignore_index=True)
@@ -383,7 +386,8 @@ def _alignment_rows(adapter: WeightAdapter, overlap: LayerOverlap) -> tuple[pd.D
     h, chance, rows, gated = overlap.setup.h, overlap.setup.chance, [], False
     for layer in tqdm(range(overlap.setup.L), desc="FFN alignment"):
         ffn = adapter.ffn(layer)
-        gated = gated or (layer == 0 and ffn.w_gate is not None)
+        if layer == 0:
+            gated = ffn.w_gate is not None
         kv_head = adapter.attention(layer).kv_head_of.cpu().numpy()
         for side in SIDES:
             shares = ffn_alignment(ffn, overlap.subspaces[side][layer])  # name -> (h,)

@@ -8,13 +8,7 @@ import pytest
 import torch
 
 from utils import load_model
-from utils.analyses.attention_kernels import (
-    check_parameters,
-    down_projection,
-    head_spectrum,
-    kernel_survey,
-    random_asymmetry,
-)
+from utils.analyses.attention_kernels import check_parameters, down_projection, head_spectrum, kernel_survey, random_asymmetry
 from utils.metrics.spectra import effective_rank
 from utils.models.adapters import AttentionWeights
 

@@ -67,7 +67,7 @@ weights = weight_tables(model_set.models, output_root, recompute, cache)
 for line in weights.cache_lines:
     print(line)
 comparison = compare_models(model_set.models, weights, heavy_tail_alpha, depth_bins)
-write_csv(comparison.comparison, out / "weight_comparison.csv")
+write_csv(comparison.table, out / "weight_comparison.csv")
 write_csv(comparison.summary, out / "model_summary.csv")
 comparison.summary
 

@@ -282,12 +282,12 @@ PROFILE_PANELS = (("rel_eff_rank", "effective rank / max rank"), ("stable_rank",
 
 @dataclass(frozen=True)
 class ModelComparison:
-    """comparison: `weight_comparison` of every model; summary: `model_summary` with quantization and
+    """table: `weight_comparison` of every model; summary: `model_summary` with quantization and
     provenance; profiles: `depth_profile` of each PROFILE_PANELS value in `bins` relative-depth bins
     (at most the shallowest model's layer count); shared: weight types every model has; by_type:
     mean relative effective rank per shared type and model; quantized: names of quantized models."""
 
-    comparison: pd.DataFrame
+    table: pd.DataFrame
     summary: pd.DataFrame
     bins: int
     profiles: dict[str, pd.DataFrame]
@@ -366,7 +366,7 @@ def plot_eff_rank_by_type(cmp: ModelComparison):
     """Relative effective rank against relative depth, one panel per shared weight type."""
     fig, axes = subplots(1, max(len(cmp.shared), 1), width=3.3, height=3.0, sharey=True)
     for ax, weight in zip(axes.flat, cmp.shared):
-        sub = cmp.comparison[cmp.comparison.weight == weight]
+        sub = cmp.table[cmp.table.weight == weight]
         for name, rows in sub.groupby("model", sort=False):
             ax.plot(rows.rel_depth, rows.rel_eff_rank, marker=".", markersize=3, label=name)
         ax.set(title=weight, xlabel="relative depth")

@@ -190,3 +190,16 @@ def test_kernel_table_shape_and_bounds():
     assert df.frac_complex.between(0, 1).all()
     last = df[df.layer == L - 1].reset_index(drop=True)
     np.testing.assert_allclose(last.eff_rank, layer_metrics(adapter.attention(L - 1)).eff_rank)
+
+
+def test_key_query_product_is_wk_wq_transposed():
+    attn = random_attention()
+    kern = head_kernels(attn)
+    B = kern.key_query_product()  # (h, d_head, d_head)
+    assert B.shape == (6, 8, 8)
+    for head in range(6):
+        expected = attn.key_of(head).double() @ attn.q[head].double().T
+        torch.testing.assert_close(B[head], expected, rtol=1e-12, atol=1e-12)
+        nonzero = torch.linalg.eigvals(dense(attn, head)).abs().sort(descending=True).values[:8]
+        torch.testing.assert_close(torch.linalg.eigvals(B[head]).abs().sort(descending=True).values, nonzero,
+                                   rtol=1e-6, atol=1e-9)

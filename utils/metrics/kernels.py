@@ -67,13 +67,13 @@ class HeadKernels:
     def d_head(self) -> int:
         return self.q.shape[-2]
 
-    def small(self) -> torch.Tensor:
+    def key_query_product(self) -> torch.Tensor:
         """B = W_K_h W_Q_h^T, (h, m, m): shares the nonzero eigenvalues of A_h."""
         return self.k @ self.q.transpose(-1, -2)
 
     def eigenvalues(self) -> torch.Tensor:
         """The m eigenvalues of A_h that can be nonzero, complex (h, m), by descending |lambda|."""
-        lam = torch.linalg.eigvals(self.small())  # (h, m)
+        lam = torch.linalg.eigvals(self.key_query_product())  # (h, m)
         order = lam.abs().argsort(dim=-1, descending=True)
         return lam.gather(-1, order)
 
@@ -100,7 +100,7 @@ class HeadKernels:
 
     def trace_square(self) -> torch.Tensor:
         """<A_h, A_h^T>_F = tr(A_h A_h) = tr(B^2) = sum_ij B_ij B_ji, (h,)."""
-        b = self.small()
+        b = self.key_query_product()
         return (b * b.transpose(-1, -2)).sum(dim=(-1, -2))
 
     def asymmetry(self) -> torch.Tensor:

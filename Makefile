@@ -48,8 +48,11 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyprojec
 setup: $(STAMP)
 
 ## Notebooks ------------------------------------------------------------------------------------
+# Written under a name of this shell's own, then renamed: two makes of the same target never race
+# (jupytext's command line checks the paired files' timestamps and fails when another writes them).
 notebooks/%.ipynb: notebooks/%.py $(STAMP)
-	@$(PY) -m jupytext --quiet --to ipynb --output $@ $<
+	@tmp=notebooks/.$*.$$$$.ipynb; $(PY) -c "import sys, jupytext; jupytext.write(jupytext.read(sys.argv[1]), sys.argv[2])" \
+		$< $$tmp && mv -f $$tmp $@ || { rm -f $$tmp; exit 1; }
 
 notebooks: $(NOTEBOOKS:%=notebooks/%.ipynb)
 

@@ -42,9 +42,12 @@ class Rule:
         parts = []
         if self.items:
             parts.append(f"a list of {self.items}" + (f" of length {self.length}" if self.length else ""))
-        if self.low > -math.inf or self.high < math.inf:
+        each = "each " if self.items else ""
+        if self.high == math.inf and self.low > -math.inf:
+            parts.append(f"{each}{'above' if self.low_open else 'at least'} {_num(self.low)}")
+        elif self.low > -math.inf or self.high < math.inf:
             interval = f"{'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
-            parts.append(("each in " if self.items else "in ") + interval)
+            parts.append(f"{each}in {interval}")
         if self.choices:
             parts.append("one of " + ", ".join(repr(c) for c in self.choices))
         if self.pattern:

@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import re
 import shutil
@@ -178,7 +179,10 @@ def _execute(source: Path, staging: Path, executed: Path, out: Path, values: dic
     source_ipynb = staging / f".{source.stem}.source.ipynb"
     jupytext.write(jupytext.read(source), source_ipynb)
     with _staged(out, staging), tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
-        ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "ipc")}})
+        # The kernel's own log (not the cells' output) stays quiet: an interrupted run's kernel logs
+        # tracebacks of its closed sockets that say nothing about the notebook.
+        ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "ipc")},
+                      "NotebookClient": {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}})
         papermill.execute_notebook(
             str(source_ipynb), str(executed), parameters=values, cwd=str(NOTEBOOKS_DIR),
             kernel_name="python3", progress_bar=False, log_output=log_output, config=ipc,
@@ -373,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     # make sends SIGTERM when interrupted, a closed terminal SIGHUP: exit through Python, one line.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
+    # Our one line says how a run ended; papermill's and asyncio's logs of a kernel stopped under
+    # them ("Kernel died ...", "Task exception was never retrieved") would only repeat it.
+    for logger in ("papermill", "asyncio"):
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
     start, label = time.perf_counter(), f"{Path(args.notebook).stem:<24} {Path(args.model).stem:<16}"
     try:
         return _main(args, start)

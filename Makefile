@@ -63,6 +63,8 @@ $(call report,$(1),$(2)): notebooks/$(2).ipynb params/$(1).yaml $(UTILS) $(STAMP
 	@$(PY) -m utils.run notebooks/$(2).ipynb $(1) --output-root $(OUTPUT)
 endef
 $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(m),$(nb)))))
+# An interrupted make never deletes a report: utils.run swaps a complete run in or leaves the previous one.
+.PRECIOUS: $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(call report,$(m),$(nb))))
 
 # Notebooks that read other notebooks' outputs of the same model (when those notebooks exist).
 READS_03_subspace_geometry := 01_weight_spectra 04_representations

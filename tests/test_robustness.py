@@ -21,6 +21,7 @@ import yaml
 
 import utils.analyses.checkpoint_dynamics as dynamics
 import utils.engine.activations as act
+import utils.engine.corpus as corpus_module
 import utils.pipeline.run as run
 from utils.cache_files import CacheWriteWarning, read_cache, write_cache
 from utils.engine.corpus import CorpusDecodingWarning, CorpusError, corpus_notes, load_corpus
@@ -385,7 +386,8 @@ def test_a_corpus_that_is_mostly_undecodable_is_refused(tmp_path):
         load_corpus(f"file:{tmp_path}/data.bin")
 
 
-def test_replaced_bytes_are_warned_about_and_reported(tmp_path):
+def test_replaced_bytes_are_warned_about_and_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_module, "_NOTES", {})  # the process's notes: no other test's reports get this one
     text = ("A sentence of plain text. " * 60).encode() + b"caf\xe9 " * 10
     (tmp_path / "latin1.txt").write_bytes(text)
     spec = f"file:{tmp_path}/latin1.txt"

@@ -48,12 +48,15 @@ def content_hash(mapping) -> str:
 def params_name(path: str | Path) -> str:
     """The name of the params file at `path` (see the module doc): its stem in params/,
     tests/params/ and <cache>/params/, else `<stem>-<content hash>`."""
-    path = Path(path).resolve()
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path  # as load_params resolves a relative path
+    path = path.resolve()
     named_by_stem = {PARAMS_DIR.resolve(), TEST_PARAMS_DIR.resolve()}
     cache = os.environ.get("TRANSFORMER_SPECTRA_CACHE", REPO_ROOT / ".cache")
     named_by_stem.add((Path(cache) / "params").resolve())
-    if path.parent in named_by_stem:
-        return path.stem
+    if path.parent in named_by_stem or not path.is_file():
+        return path.stem  # a file that is not there has no content to tell it apart
     with open(path, encoding="utf-8") as fh:
         return f"{path.stem}-{content_hash(yaml.safe_load(fh))}"
 

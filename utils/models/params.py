@@ -150,7 +150,7 @@ def load_params(name_or_path: str | Path | Params) -> Params:
         raise ParamsError(f"{path}: YAML syntax error{at}: {problem}") from None
     except OSError as err:
         raise ParamsError(f"{path} cannot be read: {err.strerror or err}") from None
-    return params_from_mapping(raw, path, name=params_name(path))
+    return params_from_mapping(raw, path, name=path.stem if path.parent == PARAMS_DIR.resolve() else params_name(path))
 
 
 def params_from_mapping(raw, path: Path, name: str | None = None) -> Params:

@@ -48,8 +48,11 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyprojec
 setup: $(STAMP)
 
 ## Notebooks ------------------------------------------------------------------------------------
+# Written under a name of this shell's own, then renamed: two makes of the same target never race
+# (jupytext's command line checks the paired files' timestamps and fails when another writes them).
 notebooks/%.ipynb: notebooks/%.py $(STAMP)
-	@$(PY) -m jupytext --quiet --to ipynb --output $@ $<
+	@tmp=notebooks/.$*.$$$$.ipynb; $(PY) -c "import sys, jupytext; jupytext.write(jupytext.read(sys.argv[1]), sys.argv[2])" \
+		$< $$tmp && mv -f $$tmp $@ || { rm -f $$tmp; exit 1; }
 
 notebooks: $(NOTEBOOKS:%=notebooks/%.ipynb)
 
@@ -60,6 +63,8 @@ $(call report,$(1),$(2)): notebooks/$(2).ipynb params/$(1).yaml $(UTILS) $(STAMP
 	@$(PY) -m utils.run notebooks/$(2).ipynb $(1) --output-root $(OUTPUT)
 endef
 $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(eval $(call NOTEBOOK_RULE,$(m),$(nb)))))
+# An interrupted make never deletes a report: utils.run swaps a complete run in or leaves the previous one.
+.PRECIOUS: $(foreach m,$(MODELS),$(foreach nb,$(NOTEBOOKS),$(call report,$(m),$(nb))))
 
 # Notebooks that read other notebooks' outputs of the same model (when those notebooks exist).
 READS_03_subspace_geometry := 01_weight_spectra 04_representations

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 UTILS = Path(__file__).resolve().parent.parent / "utils"
-FLOORS = {"paths": 0, "atomic_io": 0, "machine": 0, "models": 1, "metrics": 2, "engine": 3, "reporting": 4,
+FLOORS = {"paths": 0, "atomic_io": 0, "cache_files": 0, "machine": 0, "models": 1, "metrics": 2, "engine": 3, "reporting": 4,
           "analyses": 5, "pipeline": 6, "run": 7, "index": 7, "targets": 7}
 
 

@@ -11,7 +11,8 @@ from papermill.translators import PythonTranslator
 
 from utils.models.params import ParamsError, load_params
 from utils.paths import NOTEBOOKS_DIR, PARAMS_DIR
-from utils.pipeline.notebook_parameters import apply_params_file, injected_names, parameters_cell, params_file_model
+from utils.pipeline.notebook_parameters import apply_params_file, injected_names, parameter_types, parameters_cell, params_file_model
+from utils.pipeline.parameter_rules import NOTEBOOK_RULES, RULES, check_parameters
 from utils.pipeline.run import notebook_names, notebook_parameters
 
 from .conftest import TESTS_DIR
@@ -105,3 +106,69 @@ def test_an_override_that_is_not_a_parameter(tmp_path):
     path.write_text(yaml.safe_dump({**TINY, "notebooks": {NB: {"heavy_tail": 3}}}))
     with pytest.raises(ParamsError, match=r"bad.yaml: notebooks.01_weight_spectra sets \['heavy_tail'\]"):
         apply_params_file(_namespace({"model": str(path)}), NB)
+
+
+# --- types and bounds (issue 18, item 8): the same check in utils.run and in the notebook -------------
+
+@pytest.mark.parametrize("notebook", notebook_names())
+def test_every_rule_names_a_parameter_and_every_default_keeps_its_rules(notebook):
+    defaults, types = parameters_cell(notebook), parameter_types(notebook)
+    assert set(types) == set(defaults) and set(NOTEBOOK_RULES.get(notebook, {})) <= set(defaults)
+    assert check_parameters(notebook, defaults, types) == defaults
+
+
+def test_rules_name_only_notebooks_that_exist():
+    assert set(NOTEBOOK_RULES) <= set(notebook_names())
+    assert all(any(name in parameters_cell(nb) for nb in notebook_names()) for name in RULES)
+
+
+@pytest.mark.parametrize("injected, match", [
+    ({"heavy_tail_alpha": "abc"}, "heavy_tail_alpha of 01_weight_spectra must be float, got 'abc'"),
+    ({"heavy_tail_alpha": True}, "must be float, got True"),
+    ({"heavy_tail_alpha": -1.0}, "must be above 0, got -1.0"),
+])
+def test_apply_params_file_checks_papermills_values(injected, match):
+    with pytest.raises(ParamsError, match=match):
+        apply_params_file(_namespace({"model": str(TESTS_DIR / "params" / "tiny-llama.yaml"), **injected}), NB)
+
+
+def test_apply_params_file_checks_values_edited_by_hand():
+    namespace = _namespace(None, model=str(TESTS_DIR / "params" / "tiny-llama.yaml"))
+    namespace["In"][-2] = "heavy_tail_alpha = 'abc'"  # JupyterLab: the parameters cell edited
+    namespace["heavy_tail_alpha"] = "abc"
+    with pytest.raises(ParamsError, match="must be float"):
+        apply_params_file(namespace, NB)
+
+
+def test_apply_params_file_coerces_what_a_command_line_cannot_tell_apart():
+    namespace = _namespace({"model": str(TESTS_DIR / "params" / "tiny-llama.yaml"), "heavy_tail_alpha": 3})
+    apply_params_file(namespace, NB)
+    assert namespace["heavy_tail_alpha"] == 3.0 and isinstance(namespace["heavy_tail_alpha"], float)
+    types = parameter_types("03_subspace_geometry")
+    assert check_parameters("03_subspace_geometry", {"reference_layer": 5}, types) == {"reference_layer": "5"}
+    with pytest.raises(ParamsError, match="reference_layer of 03_subspace_geometry must be matching"):
+        check_parameters("03_subspace_geometry", {"reference_layer": "middle"}, types)
+
+
+@pytest.mark.parametrize("notebook, values, match", [
+    ("04_representations", {"n_sequences": 1.5}, "n_sequences of 04_representations must be int, got 1.5"),
+    ("04_representations", {"n_sequences": True}, "must be int, got True"),
+    ("04_representations", {"cka_estimator": "biased"}, "one of 'debiased', 'linear'"),
+    ("04_representations", {"seq_len": 8, "skip_first": 8}, "skip_first of 04_representations must be below seq_len=8"),
+    ("05_ffn_eigenspectrum", {"spectra_layers": [0, "last"]}, "a list of int"),
+    ("05_ffn_eigenspectrum", {"spectra_layers": "0,1"}, "must be list, got '0,1'.*-y"),
+    ("06_training_dynamics", {"batch_sizes": [8, 0]}, "each at least 1"),
+    ("08_checkpoint_dynamics", {"tail_window": [8, 9]}, "stop - start >= 2"),
+    ("08_checkpoint_dynamics", {"majority": 0.0}, r"must be in \(0, 1\], got 0.0"),
+])
+def test_bad_values_are_named_with_their_bounds(notebook, values, match):
+    with pytest.raises(ParamsError, match=match):
+        check_parameters(notebook, {**parameters_cell(notebook), **values}, parameter_types(notebook))
+
+
+def test_parameters_cell_reads_an_ipynb_as_its_py(tmp_path):
+    import jupytext
+
+    ipynb = tmp_path / f"{NB}.ipynb"
+    jupytext.write(jupytext.read(NOTEBOOKS_DIR / f"{NB}.py"), ipynb)
+    assert parameters_cell(ipynb) == parameters_cell(NB) and parameter_types(ipynb) == parameter_types(NB)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
+from utils.paths import content_hash
 from utils.pipeline.notebook_parameters import params_file_model
 from utils.pipeline.run import REPO_ROOT, execute_notebook
 
@@ -100,8 +101,9 @@ def _check_report(report):
 
 def test_papermill_cli_p_model(tmp_path, params_file):
     out = _papermill(tmp_path, "-p", "model", str(params_file))
-    assert [p.name for p in out.iterdir()] == ["tiny-llama-override"]
-    _check_report(out / "tiny-llama-override" / "01_weight_spectra" / "report.md")
+    name = f"tiny-llama-override-{content_hash(yaml.safe_load(params_file.read_text()))}"  # a file outside params/
+    assert [p.name for p in out.iterdir()] == [name]
+    _check_report(out / name / "01_weight_spectra" / "report.md")
 
 
 def test_papermill_cli_f_params_file(tmp_path, params_file):

@@ -15,10 +15,17 @@ from safetensors.torch import save_file
 
 from utils.metrics.spectra import entry_std, gram_matrix, singular_values
 from utils.metrics.weight_spectra import weight_spectra
-from utils.models.adapters import CheckpointAdapter
+from utils.models.adapters import CheckpointAdapter, CheckpointShapeError
 from utils.models.loading import LoadedModel, StreamedWeights, load_model, load_weights
 from utils.models.params import load_params
-from utils.models.tensor_store import CorruptCheckpointError, NonFiniteWeightError, TensorStore, UnsafeCheckpointError, check_finite
+from utils.models.tensor_store import (
+    CorruptCheckpointError,
+    NonFiniteWeightError,
+    QuantizedCheckpointError,
+    TensorStore,
+    UnsafeCheckpointError,
+    check_finite,
+)
 
 from .conftest import TESTS_DIR, tiny_model_ids, tiny_models
 
@@ -298,3 +305,132 @@ def test_gpt2_attention_scale_of_streamed_weights(tmp_path, flags):
     d_head = 64 // 4
     expected = [1.0] * 3 if "scale_attn_weights" in flags else [d_head**-0.5 / (i + 1) for i in range(3)]
     assert scales == pytest.approx(expected, rel=1e-12)
+
+
+# --- quantized and malformed checkpoints (issue 18, items 4 and 5) -----------------------------------
+
+def _rewritten(tmp_path: Path, change, config_change=None) -> Path:
+    """tiny-llama saved as a local checkpoint whose tensors (and config.json) `change` rewrites."""
+    loaded = load_model(str(TESTS_DIR / "params" / "tiny-llama.yaml"))
+    params = save_local(loaded, tmp_path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(tmp_path / "model.safetensors")
+    change(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    if config_change is not None:
+        config = json.loads((tmp_path / "config.json").read_text())
+        config_change(config)
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded.tokenizer.save_pretrained(tmp_path)
+    return params
+
+
+Q = "model.layers.{}.self_attn.q_proj.weight"
+
+
+def test_int8_codes_without_scales_are_refused_naming_them(tmp_path):
+    def to_int8(t):
+        for i in range(3):
+            name = f"model.layers.{i}.mlp.down_proj.weight"
+            t[name] = (t[name] * 100).round().clamp(-127, 127).to(torch.int8)
+
+    params = _rewritten(tmp_path, to_int8)
+    for load in (load_weights, load_model):
+        with pytest.raises(QuantizedCheckpointError) as err:
+            load(params)
+        message = str(err.value)
+        assert "3 quantized weight tensor(s)" in message and "model.layers.1.mlp.down_proj.weight I8 (64, 96)" in message
+        assert "codes, not weights" in message
+
+
+def test_packed_quantization_is_refused(tmp_path):
+    def pack(t):
+        t["model.layers.0.mlp.down_proj.qweight"] = torch.zeros(12, 64, dtype=torch.int32)
+
+    with pytest.raises(QuantizedCheckpointError, match=r"down_proj.qweight I32 \(12, 64\) \(packed"):
+        load_weights(_rewritten(tmp_path, pack))
+
+
+def _block_reference(codes: torch.Tensor, scale: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
+    out = torch.empty(codes.shape)
+    for i in range(scale.shape[0]):
+        for j in range(scale.shape[1]):
+            block = codes[i * b0:(i + 1) * b0, j * b1:(j + 1) * b1].to(torch.float32)
+            out[i * b0:(i + 1) * b0, j * b1:(j + 1) * b1] = block * scale[i, j]
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["float8 per row", "float8 blocks", "uint8 zero point"])
+def test_quantized_weights_with_scales_are_dequantized(tmp_path, scheme):
+    expected = {}
+
+    def quantize(t):
+        g = torch.Generator().manual_seed(0)
+        for i in range(3):
+            w = t[Q.format(i)]  # (64, 64)
+            if scheme == "float8 per row":
+                scale = w.abs().amax(dim=1, keepdim=True) / 448
+                codes = (w / scale).to(torch.float8_e4m3fn)
+                t[Q.format(i) + "_scale"] = scale
+                expected[i] = codes.to(torch.float32) * scale
+            elif scheme == "float8 blocks":  # 48 x 48 blocks: the last one is partial
+                scale_inv = torch.rand(2, 2, generator=g) + 0.5
+                codes = torch.randn(64, 64, generator=g).to(torch.float8_e5m2)
+                t[Q.format(i) + "_scale_inv"] = scale_inv
+                expected[i] = _block_reference(codes, scale_inv, 48, 48)
+            else:
+                codes = torch.randint(0, 256, (64, 64), generator=g, dtype=torch.uint8)
+                scale, zero = torch.rand(64, 4, generator=g), torch.full((64, 4), 128.0)  # 4 groups of 16 inputs
+                t[Q.format(i) + "_scale"], t[Q.format(i) + "_zero_point"] = scale, zero
+                expected[i] = (codes.to(torch.float32) - 128.0) * scale.repeat_interleave(16, dim=1)
+            t[Q.format(i)] = codes
+
+    def block_size(config):
+        config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [48, 48]}
+
+    params = _rewritten(tmp_path, quantize, block_size if scheme == "float8 blocks" else None)
+    streamed = load_weights(params)
+    for i in range(3):
+        torch.testing.assert_close(streamed.adapter.weight_matrices(i)["q"], expected[i], rtol=0, atol=0)
+    assert "dequantized when read" in streamed.describe()["quantization of source"]
+    rows, _ = weight_spectra(streamed.adapter, progress=False)
+    assert rows["alpha"].notna().any()
+
+
+def test_a_quantized_checkpoint_without_quantization_config_is_not_loaded_as_a_model(tmp_path):
+    def quantize(t):
+        scale = torch.ones(64, 1)
+        t[Q.format(0)], t[Q.format(0) + "_scale"] = t[Q.format(0)].to(torch.float8_e4m3fn), scale
+
+    with pytest.raises(QuantizedCheckpointError, match="no quantization_config"):
+        load_model(_rewritten(tmp_path, quantize))
+
+
+def test_block_scales_without_a_block_size_are_refused(tmp_path):
+    def quantize(t):
+        t[Q.format(0)] = t[Q.format(0)].to(torch.float8_e4m3fn)
+        t[Q.format(0) + "_scale_inv"] = torch.ones(2, 2)
+
+    streamed = load_weights(_rewritten(tmp_path, quantize), check=False)
+    with pytest.raises(QuantizedCheckpointError, match=r"scale of .*q_proj.weight has shape \(2, 2\)"):
+        streamed.adapter.attention(0)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("narrow up_proj", "model.layers.2.mlp.up_proj.weight: shape (80, 64), expected (96, 64)"),
+    ("missing k_proj", "model.layers.1.self_attn.k_proj.weight: missing, expected shape (32, 64)"),
+    ("short embedding", "model.embed_tokens.weight: shape (200, 64), expected (256, 64)"),
+])
+def test_tensor_shapes_are_checked_against_config(tmp_path, damage, message):
+    def change(t):
+        if damage == "narrow up_proj":
+            t["model.layers.2.mlp.up_proj.weight"] = t["model.layers.2.mlp.up_proj.weight"][:80]
+        elif damage == "missing k_proj":
+            del t["model.layers.1.self_attn.k_proj.weight"]
+        else:
+            t["model.embed_tokens.weight"] = t["model.embed_tokens.weight"][:200]
+
+    with pytest.raises(CheckpointShapeError) as err:
+        load_weights(_rewritten(tmp_path, change))
+    assert message in str(err.value) and "d_ff=96" in str(err.value) and "1 tensor(s)" in str(err.value)

@@ -51,7 +51,7 @@ from scipy import stats as sps
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from utils.atomic_io import write_text
+from utils.cache_files import read_cache, write_cache
 from utils.engine.activations import collect_activations, default_ffn_budget
 from utils.engine.corpus import TokenSample, sample_tokens
 from utils.metrics.spectra import nerve_metrics, power_law_slope, spectrum_metrics
@@ -257,18 +257,19 @@ def cache_path(key: dict) -> Path:
 
 
 def _load_cached(key: dict) -> pd.DataFrame | None:
-    path = cache_path(key)
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("key") != json.loads(json.dumps(key)):
-        return None
-    return pd.DataFrame(data["rows"], columns=["layer", "metric", "value"])
+    def load(path: Path) -> pd.DataFrame | None:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("key") != json.loads(json.dumps(key)):
+            return None
+        return pd.DataFrame(data["rows"], columns=["layer", "metric", "value"])
+
+    return read_cache(cache_path(key), load, "checkpoint-series cache entry")
 
 
 def _save_cached(key: dict, rows: pd.DataFrame) -> None:
     payload = {"key": key, "rows": [[int(r.layer), r.metric, float(r.value)] for r in rows.itertuples()]}
-    write_text(cache_path(key), json.dumps(payload))
+    write_cache(cache_path(key), lambda tmp: tmp.write_text(json.dumps(payload), encoding="utf-8"),
+                "checkpoint-series cache entry")
 
 
 # --- measuring one checkpoint ---------------------------------------------------------------------

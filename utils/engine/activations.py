@@ -57,7 +57,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from utils.atomic_io import atomic_path
+from utils.cache_files import read_cache, write_cache
 from utils.engine.corpus import TokenSample
 from utils.machine import available_ram
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype
@@ -156,18 +156,15 @@ def cache_path(key: dict) -> Path:
 
 
 def _load_cached(key: dict) -> ActivationStats | None:
-    path = cache_path(key)
-    if not path.exists():
-        return None
-    stats = ActivationStats.from_state_dict(torch.load(path, weights_only=True))
+    stats = read_cache(cache_path(key), lambda p: ActivationStats.from_state_dict(torch.load(p, weights_only=True)),
+                       "activation cache entry")
     expected = json.loads(json.dumps(key, sort_keys=True, default=str))
-    return stats if stats.key == expected else None
+    return stats if stats is not None and stats.key == expected else None
 
 
 def _save_cached(stats: ActivationStats) -> Path:
     path = cache_path(stats.key)
-    with atomic_path(path) as tmp:
-        torch.save(stats.state_dict(), tmp)
+    write_cache(path, lambda tmp: torch.save(stats.state_dict(), tmp), "activation cache entry")
     return path
 
 

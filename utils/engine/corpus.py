@@ -4,7 +4,10 @@ Corpus specifications (the `corpus` parameter of notebooks 04-06):
 - "stdlib-docs" (default): the docstrings of the Python standard library's own source files
   (modules, classes, functions), in sorted file order. Ships with every Python, needs no
   download, and is deterministic for a given Python version.
-- "file:<path or glob>": the user's own UTF-8 text files, sorted by path.
+- "file:<path or glob>": the user's own UTF-8 text files, sorted by path. A file of which more
+  than MAX_REPLACED_SHARE of the characters are undecodable bytes (binary, or another encoding) is
+  refused; fewer undecodable bytes are replaced by U+FFFD with a warning, and the note
+  (`corpus_notes()`) goes into every report written afterwards by this process.
 - "wikitext-103": WikiText-103 validation through `datasets` (the Prisma seed's choice);
   needs the hub or a local HF datasets cache.
 """
@@ -16,6 +19,7 @@ import functools
 import glob
 import hashlib
 import sysconfig
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +27,49 @@ import numpy as np
 import torch
 
 DEFAULT_CORPUS = "stdlib-docs"
+MAX_REPLACED_SHARE = 0.1  # a corpus file with more undecodable characters than this share is refused
+_NOTES: dict[str, str] = {}  # corpus spec -> what was replaced while decoding it
 
 
 class CorpusError(ValueError):
     pass
+
+
+class CorpusDecodingWarning(UserWarning):
+    """Bytes of a corpus file that are not UTF-8 were replaced by U+FFFD."""
+
+
+def corpus_notes() -> list[str]:
+    """One sentence per corpus read by this process whose decoding replaced bytes (for reports)."""
+    return list(_NOTES.values())
+
+
+def _read_text(path: str) -> tuple[str, int]:
+    """(text, undecodable bytes replaced by U+FFFD) of one UTF-8 file; CorpusError when more than
+    MAX_REPLACED_SHARE of its characters would be replacements."""
+    data = Path(path).read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    replaced = len(text) - len(data.decode("utf-8", errors="ignore"))
+    if replaced > MAX_REPLACED_SHARE * max(len(text), 1):
+        raise CorpusError(f"corpus file {path}: {replaced:,} of its {len(text):,} characters are not UTF-8 (a binary "
+                          f"file, or another encoding): convert it to UTF-8 first (e.g. iconv -f latin1 -t utf-8)")
+    return text, replaced
+
+
+def _read_files(spec: str, paths: list[str]) -> str:
+    """The files' text joined by blank lines; replacements warned about and noted for reports."""
+    texts, damaged = [], []
+    for p in paths:
+        text, replaced = _read_text(p)
+        texts.append(text)
+        if replaced:
+            damaged.append(f"{Path(p).name} ({replaced:,} of {len(text):,})")
+    if damaged:
+        note = (f"Corpus `{spec}`: bytes that are not UTF-8 were replaced by U+FFFD in {len(damaged)} file(s): "
+                + ", ".join(damaged[:5]) + (" ..." if len(damaged) > 5 else ""))
+        _NOTES[spec] = note
+        warnings.warn(note, CorpusDecodingWarning, stacklevel=3)
+    return "\n\n".join(texts)
 
 
 def _stdlib_docstrings(max_chars: int) -> str:
@@ -81,7 +124,7 @@ def load_corpus(spec: str = DEFAULT_CORPUS, max_chars: int = 4_000_000) -> str:
         paths = sorted(glob.glob(pattern, recursive=True))
         if not paths:
             raise CorpusError(f"corpus '{spec}': no file matches {pattern!r}")
-        text = "\n\n".join(Path(p).read_text(encoding="utf-8", errors="replace") for p in paths)[:max_chars]
+        text = _read_files(spec, paths)[:max_chars]
     else:
         raise CorpusError(f"unknown corpus {spec!r}: use 'stdlib-docs', 'wikitext-103' or 'file:<path or glob>'")
     if len(text) < 1000:

@@ -26,9 +26,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from utils.models.tensor_store import CheckpointError
+
 
 class UnsupportedArchitectureError(ValueError):
     pass
+
+
+class CheckpointShapeError(CheckpointError):
+    """A checkpoint tensor's shape differs from what its config.json implies (or the tensor is missing)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,13 @@ def _gpt2_scale(config, layer: int) -> float:
 def _neox_split(w: torch.Tensor, h: int, n_kv: int, d_head: int):
     per_head = w.reshape(h, 3, d_head, -1)  # (3d, d), per head interleaved [q_h; k_h; v_h]
     return tuple(per_head[:, i].reshape(h * d_head, -1) for i in range(3))
+
+
+def _config_d_ff(config) -> int | None:
+    """The FFN width a config states: intermediate_size, GPT-2's n_inner (None: 4 d), or None."""
+    if getattr(config, "model_type", None) == "gpt2":
+        return getattr(config, "n_inner", None) or 4 * config.n_embd
+    return getattr(config, "intermediate_size", None)
 
 
 def _dims(config, L: int, d_ff: int, V: int) -> ModelDims:
@@ -345,8 +358,49 @@ class CheckpointAdapter(WeightAdapter):
         self.causal_lm = causal_lm and family.causal_lm
         self.prefix = self._find_prefix()
         L = self.config.num_hidden_layers
-        d_ff = self._shape(family.block_paths(0)["ffn_out"])[1]
-        self.dims = _dims(self.config, L, d_ff, V=store.shape(self.embedding_name)[0])
+        d_ff = _config_d_ff(self.config) or self._shape(family.block_paths(0)["ffn_out"])[1]
+        self.dims = _dims(self.config, L, d_ff, V=getattr(self.config, "vocab_size", None)
+                          or store.shape(self.embedding_name)[0])
+        self._check_shapes()
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Checkpoint tensor name -> its stored shape as the config implies (headers only):
+        q (h d_head, d), k and v (h_kv d_head, d), fused qkv (h d_head + 2 h_kv d_head, d),
+        o (d, h d_head), gate and up (D_ff, d), down (d, D_ff), embedding and LM head (V, d);
+        GPT-2's Conv1D stores them transposed."""
+        _, d, d_ff, h, n_kv, V, d_head = self.dims.as_dict().values()
+        rows = {"q": h * d_head, "k": n_kv * d_head, "v": n_kv * d_head, "qkv": (h + 2 * n_kv) * d_head}
+        by_type = {**{k: (r, d) for k, r in rows.items()}, "o": (d, h * d_head), "ffn_gate": (d_ff, d),
+                   "ffn_in": (d_ff, d), "ffn_out": (d, d_ff)}
+        expected = {}
+        for layer in range(self.dims.L):
+            for weight, path in self.family.block_paths(layer).items():
+                shape = by_type[weight]
+                expected[self.tensor_name(path)] = shape[::-1] if self.family.conv1d else shape
+        expected[self.embedding_name] = (V, d)
+        if self.unembedding_name is not None:
+            expected[self.unembedding_name] = (V, d)
+        return expected
+
+    def _check_shapes(self) -> None:
+        """CheckpointShapeError naming every tensor whose stored shape is not the config's (a
+        missing block tensor included; a gate projection may be absent, as in non-gated models)."""
+        gate = self.family.ffn_gate
+        problems = []
+        for name, shape in self.expected_shapes().items():
+            if name not in self.store:
+                if not (gate and name.endswith(f"{gate}.weight")):
+                    problems.append(f"{name}: missing, expected shape {shape}")
+            elif tuple(self.store.shape(name)) != shape:
+                problems.append(f"{name}: shape {tuple(self.store.shape(name))}, expected {shape}")
+        if problems:
+            d = self.dims
+            raise CheckpointShapeError(
+                f"{self.store.directory}: {len(problems)} tensor(s) disagree with config.json (L={d.L}, d={d.d}, "
+                f"d_ff={d.d_ff}, h={d.h}, h_kv={d.GQA}, d_head={d.d_head}, V={d.V}):\n  " + "\n  ".join(problems[:12])
+                + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+                + "\nThe weights and config.json do not belong together: use the config.json saved with these weights."
+            )
 
     def _find_prefix(self) -> str:
         suffix = f"{self.family.block_paths(0)['o']}.weight"

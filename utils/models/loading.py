@@ -22,7 +22,7 @@ from utils.models.hub_fetch import fetch_checkpoint, hub_offline
 from utils.models.params import Params, load_params
 from utils.models.sources import ModelUnavailableError, check_available, gguf_path, local_dir, package_dir
 from utils.models.synthetic import cached_checkpoint
-from utils.models.tensor_store import TensorStore, check_checkpoint_dir, check_finite
+from utils.models.tensor_store import QuantizedCheckpointError, TensorStore, check_checkpoint_dir, check_finite
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -161,7 +161,8 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
         _check_fits(config, params)  # before anything reads weights
         local = local_dir(params, directory)
         if local is not None:
-            check_checkpoint_dir(local)  # pickle-only, truncated or corrupt: a clear error first
+            check_checkpoint_dir(local)  # pickle-only, truncated, corrupt, codes without scales: a clear error first
+            _check_loadable_quantization(TensorStore(local), config)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
         check_tokenizer(tokenizer, config, params, str(directory))
         model = auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
@@ -171,6 +172,17 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
     adapter = get_adapter(model)
     check_finite(adapter)
     return LoadedModel(model, tokenizer, adapter, params, time.perf_counter() - start, origin)
+
+
+def _check_loadable_quantization(store: TensorStore, config) -> None:
+    """A checkpoint with quantized weights and scales loads through transformers only when its
+    config names the quantization; otherwise from_pretrained would read the codes as weights."""
+    if store.quantized and not getattr(config, "quantization_config", None):
+        raise QuantizedCheckpointError(
+            f"{store.directory}: {store.quantization}, but config.json has no quantization_config, so loading the "
+            "model would use the codes as weights. The weight notebooks (01-03, 07) stream and dequantize it; for "
+            "the others save it dequantized once, or add the quantization_config it was made with."
+        )
 
 
 def _checkpoint_location(params: Params) -> tuple[Path | str, str]:
@@ -210,6 +222,8 @@ class StreamedWeights:
         store = self.adapter.store
         table = _model_table(self.params, self.origin, self.adapter, self.adapter.top_config.model_type,
                              sum(torch.Size(store.shape(n)).numel() for n in store.names))
+        if store.quantization:  # what the tensors are, whatever the params file says
+            table["quantization of source"] = store.quantization
         return {**table, "weights read": "streamed from safetensors, one tensor at a time"}
 
 

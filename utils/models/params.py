@@ -2,7 +2,9 @@
 
 A params file names where a model comes from and how to load it; notebooks take the params
 name (or a path) as their `model` parameter. Validation happens before any model loads and
-names the file and the key at fault.
+names the file and the key at fault (a YAML syntax error or a file that is not UTF-8 included).
+A params file's name, which names its output folder, is its stem in params/ and tests/params/,
+else `<stem>-<content hash>` (`utils.paths.params_name`).
 
     description: SmolLM2-135M-Instruct, bundled GGUF      # optional, free text
     source:                                               # required
@@ -36,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from utils.models.shapes import SHAPES
-from utils.paths import PARAMS_DIR, REPO_ROOT
+from utils.paths import PARAMS_DIR, REPO_ROOT, params_name
 
 _TOP_KEYS = {
     "description": (str, False),
@@ -49,6 +51,8 @@ _TOP_KEYS = {
     "notebooks": (dict, False),
 }
 PARAMS_KEYS = tuple(_TOP_KEYS)  # the top-level keys a params file may hold
+# Notebook parameters that say which run this is, never overridden by a params file or utils.run -p.
+RUN_PARAMETERS = ("model", "output_root")
 _SOURCE_KEYS = {
     "hub": {"kind": (str, True), "id": (str, True), "revision": (str, False)},
     "local": {"kind": (str, True), "path": (str, True)},
@@ -134,9 +138,19 @@ def load_params(name_or_path: str | Path | Params) -> Params:
     if isinstance(name_or_path, Params):
         return name_or_path
     path = resolve_params_path(name_or_path)
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
-    return params_from_mapping(raw, path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"{path}: YAML syntax error{at}: {problem}") from None
+    except OSError as err:
+        raise ParamsError(f"{path} cannot be read: {err.strerror or err}") from None
+    return params_from_mapping(raw, path, name=path.stem if path.parent == PARAMS_DIR.resolve() else params_name(path))
 
 
 def params_from_mapping(raw, path: Path, name: str | None = None) -> Params:
@@ -163,5 +177,9 @@ def params_from_mapping(raw, path: Path, name: str | None = None) -> Params:
     for nb, overrides in (raw.get("notebooks") or {}).items():
         if not isinstance(overrides, dict):
             raise ParamsError(f"{path}: notebooks.{nb} must be a mapping of parameter overrides")
+        fixed = sorted(set(overrides) & set(RUN_PARAMETERS))
+        if fixed:
+            raise ParamsError(f"{path}: notebooks.{nb} sets {fixed}: the model is the params file itself and the "
+                              "output root is utils.run's --output-root (papermill: -p output_root); remove them")
     fields = {k: v for k, v in raw.items() if k != "source"}
     return Params(name=name or Path(path).stem, path=Path(path), source=dict(source), **fields)

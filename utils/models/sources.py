@@ -7,11 +7,14 @@ imports its optional `llm` dependency); packages are found with `find_spec`.
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib
 import importlib.util
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from utils.machine import gpu_visible
 from utils.models.params import Params
@@ -69,13 +72,33 @@ def hub_cached(repo_id: str, revision: str | None) -> bool:
     return isinstance(hit, str)
 
 
-def check_available(params: Params, offline: bool = True) -> None:
-    """Raise ModelUnavailableError (with the fix) when the model cannot be loaded offline."""
-    s = params.source
-    kind = s["kind"]
+@functools.lru_cache(maxsize=1)
+def hub_offline(timeout: float = 3.0) -> bool:
+    """Whether the HF hub is out of reach: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set, or no TCP
+    connection to its endpoint ($HF_ENDPOINT, default huggingface.co:443) within `timeout` s."""
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return False
+    except OSError:
+        return True
+
+
+def check_device(params: Params) -> None:
+    """ModelUnavailableError when the params file asks for a GPU and none is visible (no torch import)."""
     if params.device == "cuda" and not gpu_visible():
         raise ModelUnavailableError(f"{params.path} asks for device 'cuda' but no GPU is visible; "
                                     f"set `device: cpu` or `device: auto`")
+
+
+def check_available(params: Params, offline: bool = True) -> None:
+    """Raise ModelUnavailableError (with the fix) when the model cannot be loaded (offline: from
+    what is on disk): the device, a missing local directory or package, a hub model not cached."""
+    s = params.source
+    kind = s["kind"]
+    check_device(params)
     if kind == "random":
         return
     if kind == "synthetic":  # written on first use from the bundled SmolLM2 tokenizer
@@ -89,6 +112,9 @@ def check_available(params: Params, offline: bool = True) -> None:
             )
         return
     if kind == "local":
+        if not Path(s["path"]).is_dir():
+            raise ModelUnavailableError(f"{params.name}: the local directory {s['path']} does not exist "
+                                        f"(source.path in {params.path})")
         if not (Path(s["path"]) / "config.json").exists():
             raise ModelUnavailableError(f"{params.name}: no config.json in {s['path']}")
         return

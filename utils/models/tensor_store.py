@@ -8,11 +8,22 @@ after each read, so resident memory stays bounded by the tensor being read.
 
 Safe by construction: only safetensors are read. Pickle checkpoints (`pytorch_model.bin`,
 `*.pt`, `*.ckpt`) can run code when loaded and are refused with the conversion to run.
+
+Quantized weights are never analysed as if they were weights. A `*.weight` tensor stored as
+float8 (F8_E4M3, F8_E5M2) or int8/uint8 with its scales beside it (`<name>_scale_inv`, HF's
+fine-grained FP8 as DeepSeek-V3 saves it; or `<name>_scale`, compressed-tensors and FBGEMM FP8,
+with an optional `<name>_zero_point`) is dequantized when read: W = (codes - zero point) * scale,
+the scale per tensor, per output row, per group of inputs, or per block of
+`quantization_config.weight_block_size` from config.json. Any other integer or float8 weight
+(quantization codes without their scales, GPTQ/AWQ packed `qweight`, bitsandbytes) is refused
+when the checkpoint opens (`QuantizedCheckpointError`, naming the tensors and their dtypes).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +43,79 @@ class UnsafeCheckpointError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """A safetensors file that is truncated or not a safetensors file."""
+
+
+class QuantizedCheckpointError(CheckpointError):
+    """Quantized weights whose dequantization is unknown (codes without scales, packed formats)."""
+
+
+_INTEGER = {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64", "BOOL"}
+_FLOAT8 = {"F8_E4M3", "F8_E5M2"}
+_PACKED = (".qweight", ".weight_packed", ".qzeros", ".SCB")  # GPTQ/AWQ, compressed-tensors int4, bitsandbytes
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """How one weight tensor is stored quantized: its codes' dtype and the tensors that dequantize it."""
+
+    dtype: str
+    scale: str
+    zero_point: str | None = None
+
+
+def quantization_schemes(meta: dict[str, tuple[list[int], str]], where: Path) -> dict[str, Quantized]:
+    """Weight name -> its `Quantized` scheme for the float8/int8 weights with scales (module doc);
+    QuantizedCheckpointError naming every quantized tensor that cannot be dequantized."""
+    schemes, refused = {}, []
+    for name, (shape, dtype) in meta.items():
+        if name.endswith(_PACKED):
+            refused.append(f"{name} {dtype} {tuple(shape)} (packed quantization)")
+            continue
+        if not name.endswith(".weight") or dtype not in _INTEGER | _FLOAT8:
+            continue
+        scale = next((name + s for s in ("_scale_inv", "_scale") if name + s in meta), None)
+        if scale is None or (dtype in _INTEGER and dtype not in ("I8", "U8")):
+            refused.append(f"{name} {dtype} {tuple(shape)}")
+            continue
+        zero = name + "_zero_point" if name + "_zero_point" in meta else None
+        schemes[name] = Quantized(dtype, scale, zero)
+    if refused:
+        shown = "\n  ".join(refused[:12]) + (f"\n  ... and {len(refused) - 12} more" if len(refused) > 12 else "")
+        raise QuantizedCheckpointError(
+            f"{where} holds {len(refused)} quantized weight tensor(s) that cannot be dequantized here:\n  {shown}\n"
+            "Their values are quantization codes, not weights, and there is no <name>_scale / <name>_scale_inv beside "
+            "them (or the format is packed). Use the full-precision checkpoint, or dequantize it first "
+            "(e.g. transformers: from_pretrained(...).dequantize().save_pretrained(...))."
+        )
+    return schemes
+
+
+def _block_size(directory: Path) -> tuple[int, int] | None:
+    """config.json's quantization_config.weight_block_size, when given."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        block = (config.get("quantization_config") or {}).get("weight_block_size")
+        return (int(block[0]), int(block[1])) if block else None
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return None
+
+
+def expand_scale(scale: torch.Tensor, shape: tuple[int, ...], block: tuple[int, int] | None, name: str) -> torch.Tensor:
+    """A scale tensor broadcast to a weight of `shape` (out, in): per tensor (one value), per row
+    (out,) or (out, 1), per group (out, g) with g dividing in, or per block (ceil(out/b0), ceil(in/b1))."""
+    if scale.numel() == 1:
+        return scale.reshape(())
+    if len(shape) == 2:
+        out, inp = shape
+        s = scale.reshape(out, 1) if scale.ndim == 1 and scale.numel() == out else scale
+        if s.ndim == 2 and s.shape[0] == out and inp % s.shape[1] == 0:
+            return s.repeat_interleave(inp // s.shape[1], dim=1)  # per row, per group of inputs
+        if block is not None and tuple(s.shape) == (math.ceil(out / block[0]), math.ceil(inp / block[1])):
+            return s.repeat_interleave(block[0], dim=0)[:out].repeat_interleave(block[1], dim=1)[:, :inp]
+    raise QuantizedCheckpointError(
+        f"the scale of {name} has shape {tuple(scale.shape)}, which is neither per tensor, per row, per group of "
+        f"{tuple(shape)} nor per block of config.json's quantization_config.weight_block_size ({block})"
+    )
 
 
 def safetensors_files(directory: str | Path) -> list[Path]:
@@ -69,8 +153,10 @@ def check_checkpoint_dir(directory: str | Path) -> list[Path]:
                 f"(use AutoModelForCausalLM for a language model), then run again."
             )
         raise CheckpointError(f"{directory} holds no *.safetensors weights (and no {INDEX})")
+    meta = {}
     for f in files:
-        _header(f)
+        meta.update(_header(f))
+    quantization_schemes(meta, directory)
     return files
 
 
@@ -106,6 +192,18 @@ class TensorStore:
             for name, meta in _header(f).items():
                 self._where[name] = f
                 self._meta[name] = meta
+        self.quantized = quantization_schemes(self._meta, self.directory)
+        self._block = _block_size(self.directory)
+
+    @property
+    def quantization(self) -> str:
+        """What the weights were stored as when quantized ("" when not): dtypes, scales, dequantized on read."""
+        if not self.quantized:
+            return ""
+        dtypes = sorted({q.dtype for q in self.quantized.values()})
+        kinds = sorted({q.scale.rsplit(".", 1)[-1] for q in self.quantized.values()})
+        return (f"{'/'.join(dtypes)} codes with {'/'.join(kinds)} scales in {len(self.quantized)} tensors "
+                "(dequantized when read)")
 
     @property
     def names(self) -> list[str]:
@@ -128,7 +226,17 @@ class TensorStore:
         return int(torch.Size(shape).numel()) * _DTYPE_BYTES.get(dtype, 4)
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (stored dtype); the file is closed again afterwards."""
+        """Read one tensor (stored dtype; a quantized weight dequantized to float32, module doc); the
+        file is closed again afterwards."""
+        if name in self.quantized:
+            q = self.quantized[name]
+            codes = self._get(name).to(torch.float32)
+            if q.zero_point is not None:
+                codes = codes - expand_scale(self._get(q.zero_point).to(torch.float32), tuple(codes.shape), self._block, name)
+            return codes * expand_scale(self._get(q.scale).to(torch.float32), tuple(codes.shape), self._block, name)
+        return self._get(name)
+
+    def _get(self, name: str) -> torch.Tensor:
         self._check(name)
         path = self._where[name]
         try:
@@ -138,7 +246,8 @@ class TensorStore:
             raise CorruptCheckpointError(f"{path} is incomplete or corrupt ({err}); re-download or re-save it") from err
 
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "U64": 8, "I32": 4,
+                "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 class NonFiniteWeightError(CheckpointError):

@@ -13,6 +13,10 @@ cell, so that each way of running it analyses the same model with the same setti
 - Interactive (JupyterLab, no injected cell): overrides apply to the parameters still at the
   values the notebook's source gives them; a parameter edited by hand is kept.
 
+Then every parameter is checked against its annotation and its documented bounds
+(`utils.pipeline.parameter_rules`, the same check `utils.run` makes before a kernel starts), so
+`-p layer abc` or `n_sequences = 1.5` fails here, naming the parameter, before the model loads.
+
 Which names papermill set is read from the kernel's input history: papermill's injected cell,
 which starts with "# Parameters", runs just before the cell calling `apply_params_file`.
 """
@@ -20,7 +24,7 @@ which starts with "# Parameters", runs just before the cell calling `apply_param
 from __future__ import annotations
 
 import ast
-import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -28,17 +32,25 @@ import yaml
 
 from utils.atomic_io import write_text
 from utils.models.params import PARAMS_KEYS, ParamsError, load_params, params_from_mapping
-from utils.paths import NOTEBOOKS_DIR, PARAMS_DIR, cache_dir
+from utils.paths import NOTEBOOKS_DIR, PARAMS_DIR, cache_dir, content_hash
+from utils.pipeline.parameter_rules import check_parameters
 
 PAPERMILL_HEADER = "# Parameters"  # first line of the cell papermill injects
 
 
-def parameters_cell(source: str | Path) -> dict:
-    """name -> default of the annotated literals in the cell tagged `parameters` of a jupytext
-    percent notebook (a notebook name such as '01_weight_spectra', or a path to its .py)."""
+def _cell_source(source: str | Path) -> tuple[Path, str]:
+    """(path, text) of the cell tagged `parameters` of a notebook: a name such as
+    '01_weight_spectra', a jupytext percent .py or an .ipynb."""
     path = Path(source)
-    if path.suffix != ".py":
+    if path.suffix not in (".py", ".ipynb"):
         path = NOTEBOOKS_DIR / f"{source}.py"
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        if not tagged:
+            raise ParamsError(f"{path} has no cell tagged 'parameters'")
+        text = tagged[0]["source"]
+        return path, "".join(text) if isinstance(text, list) else text
     lines, inside = [], False
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("# %%"):
@@ -49,14 +61,33 @@ def parameters_cell(source: str | Path) -> dict:
             lines.append(line)
     if not inside:
         raise ParamsError(f"{path} has no cell tagged 'parameters'")
-    defaults = {}
-    for node in ast.parse("\n".join(lines)).body:
+    return path, "\n".join(lines)
+
+
+def _cell_nodes(source: str | Path):
+    """(name, annotation name or None, default) for each assignment of the parameters cell."""
+    _, text = _cell_source(source)
+    for node in ast.parse(text).body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            defaults[node.target.id] = ast.literal_eval(node.value)
+            annotation = node.annotation.id if isinstance(node.annotation, ast.Name) else None
+            yield node.target.id, annotation, ast.literal_eval(node.value)
         elif isinstance(node, ast.Assign):
             value = ast.literal_eval(node.value)
-            defaults.update({t.id: value for t in node.targets if isinstance(t, ast.Name)})
-    return defaults
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    yield target.id, None, value
+
+
+def parameters_cell(source: str | Path) -> dict:
+    """name -> default of the annotated literals in the cell tagged `parameters` of a notebook
+    (a notebook name such as '01_weight_spectra', or a path to its .py or .ipynb)."""
+    return {name: default for name, _, default in _cell_nodes(source)}
+
+
+def parameter_types(source: str | Path) -> dict[str, str]:
+    """name -> annotation ('int', 'float', 'str', 'bool', 'list', 'dict') of the parameters cell;
+    an unannotated parameter takes the type of its default."""
+    return {name: annotation or type(default).__name__ for name, annotation, default in _cell_nodes(source)}
 
 
 def injected_names(namespace: dict) -> set[str] | None:
@@ -96,7 +127,7 @@ def params_file_model(mapping: dict, cache: Path | None = None) -> str:
             return path.stem
     params_from_mapping(mapping, Path("<papermill -f parameters>"))  # validate before writing
     text = yaml.safe_dump(mapping, sort_keys=True)
-    name = f"{_slug(mapping['source'])}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    name = f"{_slug(mapping['source'])}-{content_hash(mapping)}"
     if cache is None:
         cache = cache_dir()
     path = Path(cache) / "params" / f"{name}.yaml"
@@ -139,4 +170,7 @@ def apply_params_file(namespace: dict, notebook: str) -> dict:
     namespace.update(applied)
     if applied:
         print(f"{params.path.name}: notebooks.{notebook} sets " + ", ".join(f"{k}={v!r}" for k, v in applied.items()))
+    checked = check_parameters(notebook, {k: namespace.get(k, v) for k, v in defaults.items()},
+                               parameter_types(notebook))
+    namespace.update(checked)
     return applied

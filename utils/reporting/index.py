@@ -37,6 +37,7 @@ class NotebookResult:
     figure: tuple[str, str] | None = None  # (caption, path relative to the folder)
     model_table: dict[str, str] = field(default_factory=dict)
     failed: bool = False  # the last run failed (its executed notebook is <notebook>.failed.ipynb)
+    interrupted: bool = False  # the last run was interrupted (<notebook>.interrupted.ipynb), which is no failure
 
     @property
     def has_report(self) -> bool:
@@ -70,10 +71,11 @@ def read_result(folder: Path) -> NotebookResult:
     """Title, findings (the bullets of its Findings section), first figure and model table of the
     report in `folder`."""
     folder = Path(folder)
-    result = NotebookResult(folder.name, folder, failed=(folder / f"{folder.name}.failed.ipynb").exists())
+    result = NotebookResult(folder.name, folder, failed=(folder / f"{folder.name}.failed.ipynb").exists(),
+                            interrupted=(folder / f"{folder.name}.interrupted.ipynb").exists())
     if not result.has_report:
         return result
-    text = (folder / "report.md").read_text(encoding="utf-8")
+    text = _read_report(folder / "report.md")
     first = text.splitlines()[0] if text else ""
     result.title = first[2:].strip() if first.startswith("# ") else folder.name
     sections = _sections(text)
@@ -85,13 +87,18 @@ def read_result(folder: Path) -> NotebookResult:
     return result
 
 
+def _read_report(path: Path) -> str:
+    """A report's text; bytes that are not UTF-8 become U+FFFD (the index is still written)."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
 def collect(output_root: str | Path) -> dict[str, list[NotebookResult]]:
     """model name -> its notebook results, for every <output_root>/<model>/<notebook>/ folder
     holding a report or a failed run (hidden staging folders are left out)."""
     models = {}
     for model_dir in sorted(p for p in Path(output_root).iterdir() if p.is_dir() and not p.name.startswith(".")):
         results = [read_result(nb) for nb in sorted(model_dir.iterdir()) if nb.is_dir() and not nb.name.startswith(".")]
-        results = [r for r in results if r.has_report or r.failed]
+        results = [r for r in results if r.has_report or r.failed or r.interrupted]
         if results:
             models[model_dir.name] = results
     return models
@@ -125,13 +132,17 @@ def notebook_section(result: NotebookResult, prefix: str, ext: str, max_findings
     """Markdown for one notebook: linked title, findings, first figure; paths start with `prefix`."""
     base = f"{prefix}{result.notebook}/"
     if not result.has_report:
-        return (f"### {result.notebook}\n\nThe run failed before writing a report: see "
-                f"[{result.notebook}.failed.ipynb]({base}{result.notebook}.failed.ipynb).\n")
+        how, marker = ("failed", "failed") if result.failed else ("was interrupted", "interrupted")
+        return (f"### {result.notebook}\n\nThe run {how} before writing a report: see "
+                f"[{result.notebook}.{marker}.ipynb]({base}{result.notebook}.{marker}.ipynb).\n")
     report = "report.html" if ext == ".html" else "report.md"
     out = [f"### [{result.title}]({base}{report})", ""]
     if result.failed:
         out += [f"> The last run failed ([{result.notebook}.failed.ipynb]({base}{result.notebook}.failed.ipynb)); "
                 "these are the previous run's results.", ""]
+    elif result.interrupted:
+        out += [f"> The last run was interrupted ([{result.notebook}.interrupted.ipynb]({base}{result.notebook}"
+                ".interrupted.ipynb)); these are the previous run's results.", ""]
     shown = result.findings if max_findings is None else result.findings[:max_findings]
     out += [f"- {line}" for line in shown]
     if len(shown) < len(result.findings):
@@ -188,7 +199,7 @@ def write_index(output_root: str | Path) -> Path:
         write_text(root / model / "index.html", render_html(model_index_markdown(model, results, ".html"), model))
         for r in results:
             if r.has_report:
-                text = (r.folder / "report.md").read_text(encoding="utf-8")
+                text = _read_report(r.folder / "report.md")
                 write_text(r.folder / "report.html", render_html(text, r.title))
     write_text(root / "index.html", render_html(index_markdown(models, ".html"), "transformer-spectra results"))
     return write_text(root / "index.md", index_markdown(models))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from utils.atomic_io import write_text
+from utils.engine.corpus import corpus_notes
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -81,7 +82,9 @@ class Report:
         return self
 
     def text(self) -> str:
-        return "\n".join(self.lines).rstrip() + "\n"
+        """The markdown; notes on the corpora this process decoded with replacements come last."""
+        notes = [f"> **Corpus decoding.** {note}" for note in corpus_notes()]
+        return "\n\n".join(["\n".join(self.lines).rstrip(), *notes]) + "\n"
 
     def write(self, path: str | Path) -> Path:
         return write_text(path, self.text())

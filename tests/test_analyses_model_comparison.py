@@ -53,18 +53,19 @@ def local_checkpoint(tmp_path: Path, seed: int = 0):
 
 def test_second_run_reuses_and_changed_checkpoint_recomputes(tmp_path, cache_root, loads):
     params = local_checkpoint(tmp_path)
+    assert params.name.startswith("local-llama-")  # a params file outside params/ is named by stem and content hash
     first = mc.cached_weight_spectra(params)
-    assert first.status == "computed" and loads == ["local-llama"]
-    assert len(list((cache_root / "weight_spectra").glob("local-llama-*.json"))) == 1
+    assert first.status == "computed" and loads == [params.name]
+    assert len(list((cache_root / "weight_spectra").glob(f"{params.name}-*.json"))) == 1
     second = mc.cached_weight_spectra(params)
-    assert second.status == "cache" and loads == ["local-llama"]  # no second load
+    assert second.status == "cache" and loads == [params.name]  # no second load
     pd.testing.assert_frame_equal(second.table, first.table, check_exact=True)
     assert second.origin == first.origin
     reference, _ = weight_spectra(mc.load_weights(params).adapter, progress=False)
     pd.testing.assert_frame_equal(second.table, reference, check_exact=True)
     local_checkpoint(tmp_path, seed=1)  # the same directory, other weights
     changed = mc.cached_weight_spectra(params)
-    assert changed.status == "computed" and loads.count("local-llama") == 3
+    assert changed.status == "computed" and loads.count(params.name) == 3
     row = (changed.table.layer == 1) & (changed.table.weight == "q")
     before, after = first.table.loc[row].iloc[0], changed.table.loc[row].iloc[0]  # q of layer 1 scaled by 2
     assert after.spectral_norm == pytest.approx(2 * before.spectral_norm, rel=1e-5)

@@ -38,6 +38,8 @@ from utils.models.tensor_store import TensorStore
 
 RTOL = 1e-6
 N_SEQ, SEQ_LEN, SKIP = 5, 32, 1  # 32 > Gemma 3's sliding window of 16
+MODELS = tiny_models + ["tests/params/nanogpt-tiny.yaml"]  # every tiny family and notebook 06's model
+MODEL_IDS = tiny_model_ids + ["nanogpt-tiny"]
 
 
 def _tokens(n: int = N_SEQ, S: int = SEQ_LEN, seed: int = 0) -> TokenSample:
@@ -108,7 +110,7 @@ def _both_engines(loaded, lw: LayerwiseModel, tokens: TokenSample, mask: torch.T
         np.testing.assert_allclose(b.to_numpy(float), a.to_numpy(float), rtol=RTOL, atol=1e-9)
 
 
-@pytest.mark.parametrize("model", tiny_models, ids=tiny_model_ids)
+@pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 def test_resident_blocks_equal_todays_engine(model):
     loaded = load_model(model)
     before = list(loaded.adapter.blocks)
@@ -116,7 +118,7 @@ def test_resident_blocks_equal_todays_engine(model):
     assert all(a is b for a, b in zip(before, loaded.adapter.blocks, strict=True))  # the capture restored them
 
 
-@pytest.mark.parametrize("model", tiny_models, ids=tiny_model_ids)
+@pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 def test_streamed_blocks_equal_todays_engine_and_read_each_tensor_once(model, tmp_path):
     loaded = load_model(model)
     lw = _streamed(loaded, tmp_path)

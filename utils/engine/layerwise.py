@@ -139,6 +139,14 @@ def _set_parameter(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
 
 
+def _buffers_to(model: nn.Module, device: torch.device) -> None:
+    """Move the skeleton's (real) buffers to the compute device: rotary tables, position ids."""
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                module._buffers[name] = buf.to(device)
+
+
 def _to_meta(module: nn.Module) -> None:
     """Drop a module's parameters (not its buffers): each becomes a meta tensor of its shape."""
     for name, p in list(module.named_parameters()):
@@ -155,6 +163,7 @@ class LayerwiseModel:
         self.checkpoint, self.dtype = checkpoint, dtype
         self.reads: dict[str, int] = {}  # checkpoint tensor name -> times read (each weight once per run)
         self._tied: torch.Tensor | None = None  # the embedding as stored, for a tied LM head
+        self._head_names: set[str] | None = None
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> "LayerwiseModel":
@@ -171,6 +180,7 @@ class LayerwiseModel:
         with init_empty_weights(include_buffers=False):
             model = (AutoModel if task == "encoder" else AutoModelForCausalLM).from_config(config, dtype=dtype, **extra)
         model.eval()
+        _buffers_to(model, torch.device(device))
         lw = cls(model, get_adapter(model), torch.device(device), checkpoint, dtype)
         lw._check_names()
         return lw
@@ -195,12 +205,15 @@ class LayerwiseModel:
 
     def tensor_name(self, name: str) -> str | None:
         """Checkpoint name of the model parameter `name`; None for a tied LM head."""
-        head = self.model.get_output_embeddings()
-        head_names = {f"{n}.weight" for n, m in self.model.named_modules() if head is not None and m is head}
-        if name in head_names:
+        if self._head_names is None:
+            head = self.model.get_output_embeddings()
+            self._head_names = {f"{n}.weight" for n, m in self.model.named_modules() if head is not None and m is head}
+        if name in self._head_names:
             return self.checkpoint.unembedding_name  # None when tied to the embedding
         base = self._base_path()
-        return self.checkpoint.prefix + (name[len(base):] if base and name.startswith(base) else name)
+        if base and not name.startswith(base):
+            return name  # a top-level module outside the base model: stored under its own name
+        return self.checkpoint.prefix + name[len(base):]
 
     def _check_names(self) -> None:
         """Every parameter of the skeleton has its tensor in the checkpoint: a clear error first."""

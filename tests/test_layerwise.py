@@ -161,13 +161,16 @@ def test_reduced_consumers_equal_eigenvalues_of_the_accumulators():
     stat[:, :SKIP] = False
     n = int(stat.sum())
     res = ResidualStats(L, dims.d, "cpu", sample_positions(stat, 0, 0), 16, keep=False)
+    res_gram = ResidualStats(L, dims.d, "cpu", sample_positions(stat, 0, 0), 16, keep=False, route="auto", n_rows=n)
+    assert res_gram.gram and not res.gram  # N = 60 < d = 64
     ffn = FFNStats(range(L), dims.d_ff, "cpu", "float64", keep=False, keep_skipped=True, route="auto", n_rows=n)
     assert ffn.gram
-    run_layerwise(LayerwiseModel.from_loaded(loaded), tokens, [res, ffn], batch_size=2, skip_first=SKIP,
+    run_layerwise(LayerwiseModel.from_loaded(loaded), tokens, [res, res_gram, ffn], batch_size=2, skip_first=SKIP,
                   progress=False)
     for j in range(L + 2):
         e = ref.residual[j].eigenvalues().numpy()
         np.testing.assert_allclose(res.eigenvalues[j], e, rtol=0, atol=1e-9 * e[0])
+        np.testing.assert_allclose(res_gram.eigenvalues[j], e, rtol=0, atol=1e-9 * e[0])
     for i in range(L):
         for kind, acc, skipped in (("pre", ref.ffn_pre[i], ref.ffn_pre_skipped[i]),
                                    ("post", ref.ffn_post[i], ref.ffn_post_skipped[i])):
@@ -216,6 +219,8 @@ def test_bad_inputs_are_refused():
         collect_layerwise(lw, _tokens(), attention_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="route"):
         FFNStats([0], 8, "cpu", route="gram")
+    with pytest.raises(ValueError, match="route"):
+        ResidualStats(2, 8, "cpu", torch.zeros(0, dtype=torch.long), 4, route="gram")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

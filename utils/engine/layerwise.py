@@ -248,10 +248,10 @@ class LayerwiseModel:
                 if id(m) not in blocks and m is not head and m._parameters]
 
     @contextlib.contextmanager
-    def embedding_phase(self):
+    def embedding_phase(self, keep_tied: bool = True):
         """The modules outside the blocks hold their weights (read once); after it only the
-        final norm and the other small ones stay, the embedding is dropped (a tied head keeps
-        the stored tensor)."""
+        final norm and the other small ones stay, the embedding is dropped (with `keep_tied`, a
+        tied LM head keeps the tensor as stored, for `head()`)."""
         if not self.streamed:
             yield
             return
@@ -259,7 +259,8 @@ class LayerwiseModel:
             for name, p in list(module.named_parameters(recurse=False)):
                 if p.device.type == "meta":
                     tensor = self._read(self.tensor_name(prefix + name))
-                    if module is self.model.get_input_embeddings() and self.checkpoint.unembedding_is_tied():
+                    if (keep_tied and module is self.model.get_input_embeddings()
+                            and self.checkpoint.unembedding_is_tied()):
                         self._tied = tensor
                     _set_parameter(module, name, tensor.to(self.device, self.dtype))
         try:
@@ -286,8 +287,9 @@ class LayerwiseModel:
             return None
         if self.streamed:
             out = self.model.get_output_embeddings()
-            if self._tied is not None:
-                _set_parameter(out, "weight", self._tied.to(self.device, self.dtype))
+            if self.checkpoint.unembedding_is_tied():
+                tied = self._tied if self._tied is not None else self._read(self.checkpoint.embedding_name)
+                _set_parameter(out, "weight", tied.to(self.device, self.dtype))
                 self._tied = None
             else:
                 name = next(n for n, m in self.model.named_modules() if m is out)
@@ -399,8 +401,9 @@ def run_layerwise(lw: LayerwiseModel, tokens: TokenSample, consumers: Sequence[L
     batches = _batches(ids, attention, stat, batch_size, lw.device)
     L = lw.adapter.dims.L
     states, inputs = [], []
+    wants_head = any(type(c).finish is not LayerConsumer.finish for c in consumers)
     with torch.inference_mode():
-        with lw.embedding_phase():
+        with lw.embedding_phase(keep_tied=wants_head):
             for batch in batches:
                 h0, block_inputs = capture(lw, batch.input_ids, batch.attention)
                 states.append(h0)
@@ -419,7 +422,7 @@ def run_layerwise(lw: LayerwiseModel, tokens: TokenSample, consumers: Sequence[L
             states[b] = None
         for c in consumers:
             c.end_state(L + 1)
-        head = lw.head() if any(type(c).finish is not LayerConsumer.finish for c in consumers) else None
+        head = lw.head() if wants_head else None
         for c in consumers:
             c.finish(head)
 
@@ -452,19 +455,29 @@ class ResidualStats(LayerConsumer):
 
     keep=True: every accumulator is kept (`accumulators`, as `ActivationStats.residual`);
     keep=False: each state's accumulator is reduced to its eigenvalues at `end_state` and freed
-    (`eigenvalues[j]`, float64 descending), so one d x d accumulator exists at a time."""
+    (`eigenvalues[j]`, float64 descending), so one d x d accumulator exists at a time;
+    route="auto" (with keep=False) takes the N x N centred Gram of the state's rows when N < d."""
 
-    def __init__(self, L: int, d: int, device, positions: torch.Tensor, seq_len: int, keep: bool = True):
+    def __init__(self, L: int, d: int, device, positions: torch.Tensor, seq_len: int, keep: bool = True,
+                 route: str = "covariance", n_rows: int = 0):
+        if route not in ("covariance", "auto"):
+            raise ValueError(f"route must be 'covariance' or 'auto', got {route!r}")
         self.d, self.device, self.positions, self.seq_len, self.keep = d, device, positions, seq_len, keep
+        self.gram = route == "auto" and not keep and prefer_gram(n_rows, d)
         self.accumulators: list[StreamingCovariance | None] = [None] * (L + 2)
+        self._rows: list[torch.Tensor] = []  # Gram route: the current state's statistic rows
         self.eigenvalues: dict[int, np.ndarray] = {}
         self.samples = torch.zeros(L + 2, positions.numel(), d) if positions.numel() else None
 
     def on_state(self, s: StateBatch) -> None:
         j, x = s.state, s.hidden.to(self.device)
-        if self.accumulators[j] is None:
-            self.accumulators[j] = StreamingCovariance(self.d, self.device)
-        self.accumulators[j].update(x.reshape(-1, self.d)[s.batch.rows.to(x.device)])
+        rows = x.reshape(-1, self.d)[s.batch.rows.to(x.device)]
+        if self.gram:
+            self._rows.append(rows.float())
+        else:
+            if self.accumulators[j] is None:
+                self.accumulators[j] = StreamingCovariance(self.d, self.device)
+            self.accumulators[j].update(rows)
         if self.samples is not None:
             lo = s.batch.offset * self.seq_len
             hi = lo + s.batch.input_ids.shape[0] * self.seq_len
@@ -473,7 +486,10 @@ class ResidualStats(LayerConsumer):
                 self.samples[j, slot] = x.reshape(-1, self.d)[(self.positions[slot] - lo).to(x.device)].float().cpu()
 
     def end_state(self, state: int) -> None:
-        if not self.keep:
+        if self.gram:
+            self.eigenvalues[state] = gram_eigenvalues(torch.cat(self._rows)).numpy()
+            self._rows = []
+        elif not self.keep:
             self.eigenvalues[state] = self.accumulators[state].eigenvalues().numpy()
             self.accumulators[state] = None
 

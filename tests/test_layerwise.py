@@ -10,9 +10,12 @@ relative RTOL = 1e-6 of each tensor's largest entry (observed: bitwise equal on 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import tiny_model_ids, tiny_models
@@ -34,6 +37,7 @@ from utils.metrics import gram_route
 from utils.metrics.gram_route import centred_gram, gram_eigenvalues
 from utils.models.adapters import CheckpointAdapter, family_of
 from utils.models.loading import load_model, open_checkpoint
+from utils.models.params import params_from_mapping
 from utils.models.tensor_store import TensorStore
 
 RTOL = 1e-6
@@ -125,6 +129,17 @@ def test_streamed_blocks_equal_todays_engine_and_read_each_tensor_once(model, tm
     _both_engines(loaded, lw, _tokens(), _padding_mask(), range(loaded.dims.L))
     assert set(lw.reads) == set(lw.checkpoint.store.names)
     assert set(lw.reads.values()) == {1}
+
+
+def test_each_layer_type_gets_its_own_mask_and_rotary_table(tmp_path):
+    """Gemma 3 with a sliding layer then a full-attention layer (windows of 32 > sliding window 16):
+    the model passes each block the mask and rotary table of its layer type, and so must the engine."""
+    path = Path("tests/params/tiny-gemma3.yaml")
+    raw = yaml.safe_load(path.read_text())
+    raw["source"]["config"]["layer_types"] = ["sliding_attention", "full_attention"]
+    loaded = load_model(params_from_mapping(raw, path, name="tiny-gemma3-mixed"))
+    for lw in (LayerwiseModel.from_loaded(loaded), _streamed(loaded, tmp_path)):
+        _both_engines(loaded, lw, _tokens(), _padding_mask(), range(loaded.dims.L))
 
 
 class _Residency(LayerConsumer):
@@ -264,3 +279,21 @@ def test_gram_route_refuses_bad_rows():
         gram_eigenvalues(torch.zeros(1, 5))
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         gram_eigenvalues(torch.zeros(5))
+
+
+def test_tied_head_without_a_lens_consumer_reads_the_embedding_at_the_end(tmp_path):
+    """No consumer needs the head: the tied embedding is not kept during the blocks; `head()`
+    then reads it again (the one case of a second read) and gives the loaded model's logits."""
+    loaded = load_model("tests/params/tiny-qwen2.yaml")  # tied LM head
+    lw = _streamed(loaded, tmp_path)
+    res = ResidualStats(loaded.dims.L, loaded.dims.d, "cpu", torch.zeros(0, dtype=torch.long), SEQ_LEN, keep=False)
+    run_layerwise(lw, _tokens(), [res], batch_size=2, progress=False)
+    assert lw._tied is None
+    name = lw.checkpoint.embedding_name
+    assert lw.reads[name] == 1
+    head = lw.head()
+    assert lw.reads[name] == 2
+    h = torch.randn(3, loaded.dims.d)
+    with torch.inference_mode():
+        torch.testing.assert_close(head.logits(head.final_norm(h)),
+                                   loaded.adapter.logits(loaded.adapter.apply_final_norm(h)), rtol=0, atol=0)

@@ -140,7 +140,7 @@ def main() -> None:
         return _child(args)
     print(f"{args.model}: notebooks {'+'.join(args.parts)}, {args.n_sequences} x {args.seq_len} tokens, "
           f"{args.lens_tokens} lens tokens, {args.threads} thread(s)")
-    print("| engine | wall (s) | CPU (s) | peak RSS (GB) | load before / after | PR_post last FFN | "
+    print("| engine | wall (s) | CPU (s) | peak RSS (GiB) | load before / after | PR_post last FFN | "
           "final eig sum | lens CE final |\n|---|---|---|---|---|---|---|---|")
     for engine in args.engines:
         before = _load()

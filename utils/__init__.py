@@ -8,7 +8,7 @@ The package is built in floors; a module imports only from its own floor or thos
     metrics/    spectra and the power-law fit, attention kernels, subspaces, covariance, CKA, weight spectra
     engine/     the activation engine and its consumers, the corpus, training with spectral callbacks
     reporting/  markdown reports, figures, the HTML index
-    analyses/   what the notebooks' findings and verdicts compute (07, 08)
+    analyses/   what each notebook's findings and verdicts compute (one module per notebook)
     pipeline/   running a notebook (utils.run), its parameters cell, make targets
 
 `run`, `index` and `targets` beside this file are the command-line entry points

@@ -1,4 +1,4 @@
-"""Tests of utils.analyses.checkpoint_dynamics: steps from trainer_state.json and names (and the error when
+"""Tests of utils.models.checkpoint_series and utils.analyses.checkpoint_dynamics: steps from trainer_state.json and names (and the error when
 neither gives one), series from notebook parameters, the per-checkpoint cache (a rerun measures
 only new or changed checkpoints), the verdict functions, and Trainer-layout checkpoints written
 by utils.engine.training.train."""
@@ -15,18 +15,9 @@ import torch
 from transformers import TrainerState
 
 from utils import load_params
-from utils.analyses.checkpoint_dynamics import (
-    SeriesError,
-    eval_loss_at,
-    forecast_verdict,
-    hub_series,
-    measure_series,
-    series_from_parameters,
-    settle_verdict,
-    step_from_name,
-    trend_verdict,
-)
+from utils.analyses.checkpoint_dynamics import forecast_verdict, measure_series, settle_verdict, trend_verdict
 from utils.engine.training import NanoGPTConfig, NanoGPTForCausalLM, TokenData, TrainConfig, byte_tokenizer, train
+from utils.models.checkpoint_series import SeriesError, eval_loss_at, hub_series, series_from_parameters, step_from_name
 
 from .conftest import TESTS_DIR
 
@@ -151,23 +142,23 @@ def test_trend_and_settle_verdicts_closed_forms():
     steps = [0, 10, 20, 30, 40, 50]
     rising = np.array([[1, 2, 3, 4, 5, 6], [1, 3, 2, 5, 4, 6], [6, 5, 4, 3, 2, 1.0]])  # (layers, checkpoints)
     v = trend_verdict(rising, steps, +1, rho_min=0.5)
-    assert v["layers_following"] == 2 and v["verdict"] == "HOLDS" and v["checkpoints"] == 6
-    np.testing.assert_allclose(v["rho_by_layer"], [1.0, 0.8857142857, -1.0])
-    assert trend_verdict(rising, steps, -1)["verdict"] == "HOLDS PARTLY"
-    assert trend_verdict(rising[:, :2], steps[:2], +1)["verdict"] == "TOO FEW CHECKPOINTS"
+    assert v.layers_following == 2 and v.verdict == "HOLDS" and v.checkpoints == 6
+    np.testing.assert_allclose(v.rho_by_layer, [1.0, 0.8857142857, -1.0])
+    assert trend_verdict(rising, steps, -1).verdict == "HOLDS PARTLY"
+    assert trend_verdict(rising[:, :2], steps[:2], +1).verdict == "TOO FEW CHECKPOINTS"
     # a dip then a partial recovery ranks upward (rho = 1 - 6 * 38 / (8 * 63)) but ends lower: not a rise
     dip = np.array([[5.0, 1, 2, 3, 6, 7, 8, 4.9]])
     v = trend_verdict(dip, list(range(8)), +1)
-    assert v["rho_by_layer"][0] == pytest.approx(1 - 6 * 38 / (8 * 63)) and v["layers_following"] == 0
-    assert v["layers_net_as_claimed"] == 0 and v["verdict"] == "DOES NOT HOLD"
+    assert v.rho_by_layer[0] == pytest.approx(1 - 6 * 38 / (8 * 63)) and v.layers_following == 0
+    assert v.layers_net_as_claimed == 0 and v.verdict == "DOES NOT HOLD"
     # settles: a curve that levelled off; drifts: a straight line (late range / whole range ~ late fraction)
     js = np.array([[0.0, 0.5, 0.8, 0.9, 0.9, 0.9], [0, 1, 2, 3, 4, 5.0]])
     s = settle_verdict(js, steps, late_fraction=0.34, tolerance=0.25)
-    np.testing.assert_allclose(s["ratio_by_layer"], [0.0, 0.2])
-    assert s["late_checkpoints"] == 2 and s["layers_following"] == 2
+    np.testing.assert_allclose(s.ratio_by_layer, [0.0, 0.2])
+    assert s.late_checkpoints == 2 and s.layers_following == 2
     s = settle_verdict(js, steps, late_fraction=0.7, tolerance=0.25)  # late: steps >= 15
-    np.testing.assert_allclose(s["ratio_by_layer"], [0.1 / 0.9, 0.6])
-    assert s["verdict"] == "HOLDS PARTLY"
+    np.testing.assert_allclose(s.ratio_by_layer, [0.1 / 0.9, 0.6])
+    assert s.verdict == "HOLDS PARTLY"
 
 
 def test_forecast_verdict():
@@ -175,19 +166,19 @@ def test_forecast_verdict():
     loss = 5 * np.exp(-steps / 60.0)
     metric = -loss  # moves with loss
     f = forecast_verdict(metric, loss, steps, lag=2, early_fraction=0.5)
-    assert f["pairs"] == 10 and f["verdict"] == "NO BETTER THAN LOSS" and f["rho"] == pytest.approx(-1.0)
-    assert f["rho_persistence"] == pytest.approx(1.0) and not f["beats_persistence"]
+    assert f.pairs == 10 and f.verdict == "NO BETTER THAN LOSS" and f.rho == pytest.approx(-1.0)
+    assert f.rho_persistence == pytest.approx(1.0) and not f.beats_persistence
     # a loss that stalls and resumes: the spectrum at i leads loss at i + 2, the loss itself does not
     stall = np.array([5.0, 4.9, 4.8, 4.8, 4.8, 4.0, 3.0, 3.0, 2.9, 2.0, 1.9, 1.8])
     lead = np.r_[stall[2:], stall[-1], stall[-1]]  # metric_i = loss_{i+2}
     f = forecast_verdict(lead, stall, np.arange(12), lag=2, early_fraction=1.0)
-    assert f["rho"] == pytest.approx(1.0) and abs(f["rho_persistence"]) < 1
-    assert f["verdict"] == "FORECASTS" and f["beats_persistence"]
+    assert f.rho == pytest.approx(1.0) and abs(f.rho_persistence) < 1
+    assert f.verdict == "FORECASTS" and f.beats_persistence
     rng = np.random.default_rng(0)
     noise = rng.permutation(20).astype(float)
     f = forecast_verdict(noise, loss, steps, lag=2, early_fraction=0.5, rho_min=0.9)
-    assert f["verdict"] == "DOES NOT FORECAST"
-    assert forecast_verdict(metric, np.full(20, np.nan), steps)["verdict"] == "NOT TESTABLE"
+    assert f.verdict == "DOES NOT FORECAST"
+    assert forecast_verdict(metric, np.full(20, np.nan), steps).verdict == "NOT TESTABLE"
 
 
 def test_train_saves_trainer_layout_checkpoints(tmp_path):

@@ -73,8 +73,8 @@ def test_ffn_hooks_match_direct_covariance(act):
                 post = F.gelu(pre) if act == "gelu" else F.relu(pre)
             for kind, rows in (("pre", pre), ("post", post)):
                 rows = rows.reshape(-1, rows.shape[-1])[keep].double()
-                assert acc[kind][layer].count == int(mask.sum())
-                torch.testing.assert_close(acc[kind][layer].covariance(), torch.cov(rows.T), rtol=1e-4, atol=1e-9)
+                assert acc.side(kind)[layer].count == int(mask.sum())
+                torch.testing.assert_close(acc.side(kind)[layer].covariance(), torch.cov(rows.T), rtol=1e-4, atol=1e-9)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), "hooks left behind"
 
 

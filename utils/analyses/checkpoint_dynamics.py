@@ -1,15 +1,9 @@
-"""A series of checkpoints of one training run, and the spectra of each (notebook 08).
+"""Notebook 08's analysis: the spectra of every checkpoint of one training run, cached per
+checkpoint, and the verdicts on NerVE's training-time claims and the Spectral Lens forecast.
 
-A series is named by notebook parameters (`series_from_parameters`): a glob of local checkpoint
-directories (`transformers.Trainer`'s `checkpoint-<step>/`, or notebook 06's own), one hub id
-with a list of revisions (Pythia's `step1000`, ...), or a list of params names. The step of each
-checkpoint is `global_step` of its `trainer_state.json` when present, else the number in its
-directory, revision or params name (`checkpoint-1000`, `step1000`, `global_step1000`); a
-checkpoint where neither gives one is an error naming it. Its eval loss is the `eval_loss` that
-the `trainer_state.json` log history records at that step (NaN when absent).
-
-`measure_series` visits the checkpoints one at a time (load, measure, free: memory of one
-model) and reuses the project's engines, no second implementation:
+The series comes from `utils.models.checkpoint_series` (found without loading). `measure_series`
+visits the checkpoints one at a time (load, measure, free: memory of one model) and reuses the
+project's engines, no second implementation:
 - weights (`utils.metrics.weight_spectra.weight_spectra`): eff_rank, stable_rank and alpha of every matrix,
   metric `w.<type>.<name>` at its layer (embedding/unembedding at layer -1);
 - one streaming pass of the activation engine (`utils.engine.activations.collect_activations`, all
@@ -20,27 +14,25 @@ model) and reuses the project's engines, no second implementation:
   metric `nerve.<name>` at FFN layer i, and the residual covariance effective rank and
   power-law tail slope (Spectral Lens), metrics `act.eff_rank`, `act.tail_slope` at residual
   state j (0 embeddings, i = output of block i-1, L+1 the final-normed state the LM head reads).
+The trajectory is the long per-layer layout of `utils.analyses.layer_tables` (plus the checkpoint name).
 
 Cache: each checkpoint's rows are stored at `cache_dir()/checkpoint_series/<digest>.json`, the
-digest over the checkpoint's content fingerprint (weight/config file names, sizes and mtimes of
-a local directory; the resolved commit of a hub revision), its load settings, the token
-sample's fingerprint and the measurement settings. Written atomically; the key is stored and
-compared on load. A rerun after adding checkpoints measures only the new ones.
+digest over the checkpoint's content fingerprint (`checkpoint_fingerprint`), its load settings,
+the token sample's fingerprint and the measurement settings. Written atomically; the key is
+stored and compared on load. A rerun after adding checkpoints measures only the new ones.
 
-The `*_verdict` functions turn trajectories into the report's verdicts (NerVE's training-time
-trends, JS settling, the Spectral Lens forecast) with the number of checkpoints they rest on.
+`trend_verdict`, `settle_verdict` and `forecast_verdict` turn trajectories into typed verdicts
+(`TrendVerdict`, `SettleVerdict`, `ForecastVerdict`) with the number of checkpoints they rest
+on; `judge` applies them as notebook 08 states, `findings` writes `CheckpointFindings`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import glob
 import hashlib
 import json
 import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -51,198 +43,27 @@ from scipy import stats as sps
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from utils.analyses.layer_tables import layer_step_matrix
+from utils.analyses.parameters import NotebookParameters, check_skip_first, check_tail_window
 from utils.cache_files import read_cache, write_cache
 from utils.engine.activations import collect_activations, default_ffn_budget
 from utils.engine.corpus import TokenSample, sample_tokens
 from utils.metrics.spectra import nerve_metrics, power_law_slope, spectrum_metrics
 from utils.metrics.weight_spectra import weight_spectra
+from utils.models.checkpoint_series import Checkpoint, Series, SeriesError, checkpoint_fingerprint
 from utils.models.loading import LoadedModel, load_model
 from utils.models.nanogpt import byte_tokenizer
-from utils.models.params import Params, load_params
-from utils.models.sources import gguf_path
-from utils.paths import REPO_ROOT, cache_dir
+from utils.models.params import Params
+from utils.paths import cache_dir
+from utils.reporting.plotting import heatmap, line_panel, save_figure, subplots
+from utils.reporting.report import Report
 
 CACHE_VERSION = 1
 WEIGHT_METRICS = ("eff_rank", "stable_rank", "alpha")
 COLUMNS = ["step", "checkpoint", "layer", "metric", "value"]
-_STEP = re.compile(r"(?:checkpoint|global_step|step|iter|ckpt)[-_]?(\d+)$", re.IGNORECASE)
-_WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "*.gguf")
-
-
-class SeriesError(ValueError):
-    """A checkpoint series that cannot be used; the message names the checkpoint and the fix."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    name: str  # directory name, revision or params name
-    step: int
-    params: Params  # how to load it
-    step_from: str  # "trainer_state.json" or "name"
-    eval_loss: float = math.nan
-
-
-@dataclass(frozen=True)
-class Series:
-    description: str  # for the report: where the checkpoints come from
-    checkpoints: list[Checkpoint]  # sorted by step
-
-    @property
-    def steps(self) -> list[int]:
-        return [c.step for c in self.checkpoints]
-
-
-# --- steps ----------------------------------------------------------------------------------------
-
-def step_from_name(name: str) -> int | None:
-    """The step a name ends with: checkpoint-1000, step1000, global_step1000, iter_1000 -> 1000."""
-    match = _STEP.search(name.rstrip("/"))
-    return int(match.group(1)) if match else None
-
-
-def read_trainer_state(directory: str | Path) -> dict | None:
-    """trainer_state.json of a checkpoint directory, or None."""
-    path = Path(directory) / "trainer_state.json"
-    if not path.exists():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def eval_loss_at(state: dict | None, step: int) -> float:
-    """The eval_loss the log history records at `step` (the last such entry), else NaN."""
-    losses = [h["eval_loss"] for h in (state or {}).get("log_history", []) if "eval_loss" in h and h.get("step") == step]
-    return float(losses[-1]) if losses else math.nan
-
-
-def _checkpoint(name: str, params: Params, directory: Path | None, where: str) -> Checkpoint:
-    state = read_trainer_state(directory) if directory is not None else None
-    if state is not None and state.get("global_step") is not None:
-        step, step_from = int(state["global_step"]), "trainer_state.json"
-    else:
-        step, step_from = step_from_name(name), "name"
-        if step is None:
-            raise SeriesError(
-                f"checkpoint {where}: no step. Its trainer_state.json (global_step) is missing and its name "
-                f"{name!r} does not end with one; rename it checkpoint-<step> (or step<step>) or add a "
-                "trainer_state.json with global_step")
-    return Checkpoint(name=name, step=step, params=params, step_from=step_from, eval_loss=eval_loss_at(state, step))
-
-
-def _as_local(base: Params, path: Path) -> Params:
-    return dataclasses.replace(base, name=f"{base.name}@{path.name}", source={"kind": "local", "path": str(path)},
-                               notebooks={})
-
-
-# --- series from notebook parameters --------------------------------------------------------------
-
-def _resolve(pattern: str) -> str:
-    return pattern if Path(pattern).is_absolute() else str(REPO_ROOT / pattern)
-
-
-def local_series(pattern: str, base: Params) -> list[Checkpoint]:
-    """Checkpoint directories matching a glob (relative globs resolve from the repository root)."""
-    paths = sorted(Path(p) for p in glob.glob(_resolve(pattern)) if Path(p).is_dir())
-    if not paths:
-        raise SeriesError(f"no checkpoint directory matches {pattern!r} (resolved {_resolve(pattern)!r})")
-    missing = [str(p) for p in paths if not (p / "config.json").exists()]
-    if missing:
-        raise SeriesError(f"{missing[0]} (matched by {pattern!r}) has no config.json: not a checkpoint "
-                          "directory; narrow the glob, e.g. 'run/checkpoint-*'")
-    return [_checkpoint(p.name, _as_local(base, p), p, str(p)) for p in paths]
-
-
-def hub_series(hub_id: str, revisions: Sequence[str], base: Params) -> list[Checkpoint]:
-    """One hub model at several revisions; steps from the revision names (step1000 -> 1000)."""
-    out = []
-    for rev in revisions:
-        params = dataclasses.replace(base, name=f"{base.name}@{rev}", notebooks={},
-                                     source={"kind": "hub", "id": hub_id, "revision": str(rev)})
-        out.append(_checkpoint(str(rev), params, None, f"{hub_id}@{rev}"))
-    return out
-
-
-def params_series(names: Sequence[str]) -> list[Checkpoint]:
-    """One checkpoint per params file (each loads with its own dtype/device): a local source may
-    carry trainer_state.json; otherwise the step comes from its directory, hub revision or params name."""
-    out = []
-    for name in names:
-        params = load_params(name)
-        s = params.source
-        if s["kind"] == "local":
-            out.append(_checkpoint(Path(s["path"]).name, params, Path(s["path"]), f"{params.path} ({s['path']})"))
-        elif s["kind"] == "hub" and s.get("revision") and step_from_name(s["revision"]) is not None:
-            out.append(_checkpoint(s["revision"], params, None, f"{params.path} ({s['id']}@{s['revision']})"))
-        else:
-            out.append(_checkpoint(params.name, params, None, str(params.path)))
-    return out
-
-
-def default_06_glob(model: str, output_root: str = "output") -> str:
-    """Notebook 06's base-run checkpoints for the output folder of `model`."""
-    return str(Path(output_root) / model / "06_training_dynamics" / "checkpoints" / "*" / "checkpoint-*")
-
-
-def series_from_parameters(base: Params, checkpoints: str = "", revisions: Sequence[str] = (), hub_id: str = "",
-                           params_list: Sequence[str] = (), output_root: str = "output",
-                           min_checkpoints: int = 2) -> Series:
-    """The series notebook 08's parameters name (at most one of checkpoints / revisions /
-    params_list; none: notebook 06's base run in `base`'s output folder), sorted by step."""
-    given = [n for n, v in (("checkpoints", checkpoints), ("revisions", revisions), ("params_list", params_list)) if v]
-    if len(given) > 1:
-        raise SeriesError(f"parameters {given} each name a series; give only one of them")
-    if revisions:
-        hub_id = hub_id or (base.source.get("id") if base.source["kind"] == "hub" else "")
-        if not hub_id:
-            raise SeriesError(f"parameter revisions needs a hub id: set hub_id, or use a params file whose source "
-                              f"is kind hub ({base.path} is kind {base.source['kind']})")
-        found, description = hub_series(hub_id, revisions, base), f"hub model {hub_id}, revisions {list(revisions)}"
-    elif params_list:
-        found, description = params_series(params_list), f"params files {list(params_list)}"
-    else:
-        pattern = checkpoints or default_06_glob(base.name, output_root)
-        found = local_series(pattern, base)
-        parents = sorted({str(Path(c.params.source["path"]).parent) for c in found})
-        if not checkpoints and len(parents) > 1:
-            raise SeriesError(f"notebook 06 left checkpoints of several runs ({parents}); name one with "
-                              "parameter checkpoints='<dir>/checkpoint-*'")
-        origin = "notebook 06's base run" if not checkpoints else "checkpoint directories"
-        description = f"{origin}: {', '.join(parents)} ({pattern})"
-    steps = [c.step for c in found]
-    dupes = sorted({s for s in steps if steps.count(s) > 1})
-    if dupes:
-        raise SeriesError(f"steps {dupes} occur more than once in the series ({description}); a series is one run")
-    if len(found) < min_checkpoints:
-        raise SeriesError(f"the series ({description}) holds {len(found)} checkpoint(s); at least {min_checkpoints} "
-                          "are needed to see anything move")
-    return Series(description, sorted(found, key=lambda c: c.step))
 
 
 # --- cache ----------------------------------------------------------------------------------------
-
-def checkpoint_fingerprint(params: Params) -> str:
-    """Identity of a checkpoint's content without loading it (see module doc)."""
-    s = params.source
-    h = hashlib.sha256(json.dumps(s, sort_keys=True).encode())
-    if s["kind"] == "local":
-        directory = Path(s["path"])
-        for pattern in _WEIGHT_FILES:
-            for f in sorted(directory.glob(pattern)):
-                st = f.stat()
-                h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    elif s["kind"] == "hub":
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(s["id"], "config.json", revision=s.get("revision"))
-        if isinstance(hit, str):  # .../snapshots/<commit>/config.json: the commit pins the content
-            h.update(Path(hit).parent.name.encode())
-    elif s["kind"] in ("gguf", "bundled"):
-        gguf = gguf_path(params)
-        if gguf is not None:
-            st = gguf.stat()
-            h.update(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
-
 
 def cache_key(checkpoint: Checkpoint, tokens: TokenSample, settings: dict) -> dict:
     p = checkpoint.params
@@ -358,13 +179,6 @@ def measure_series(series: Series, *, corpus: str = "stdlib-docs", n_sequences: 
     return SeriesResult(trajectory, pd.DataFrame(info), tokens)
 
 
-def layer_step_matrix(trajectory: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(layers, steps) values of one metric, with its layer and step labels."""
-    table = trajectory[trajectory.metric == metric].pivot_table(index="layer", columns="step", values="value",
-                                                                aggfunc="first")
-    return table.to_numpy(), table.index.to_numpy(), table.columns.to_numpy()
-
-
 # --- verdicts ---------------------------------------------------------------------------------------
 
 def _spearman(x, y) -> float:
@@ -379,8 +193,80 @@ def _label(n_hold: int, n: int, majority: float) -> str:
     return "HOLDS" if n_hold > majority * n else "HOLDS PARTLY" if n_hold else "DOES NOT HOLD"
 
 
+@dataclass
+class TrendVerdict:
+    """Does a metric rise or fall over training, layer by layer (`trend_verdict`)."""
+
+    verdict: str  # HOLDS / HOLDS PARTLY / DOES NOT HOLD / TOO FEW CHECKPOINTS
+    layers_following: int
+    layers: int
+    checkpoints: int
+    rho_layer_mean: float  # Spearman of the layer mean with the step
+    first: float  # layer mean at the first checkpoint
+    last: float
+    layers_net_as_claimed: int  # layers whose net change alone has the claimed sign
+    rho_by_layer: np.ndarray  # (layers,)
+
+    def statistic(self) -> str:
+        return f"rho(step, layer mean) {self.rho_layer_mean:+.2f}; {self.first:.4g} -> {self.last:.4g}"
+
+    def sentence(self, claim: str, steps: Sequence[int], rho_min: float) -> str:
+        return (f"NerVE: {claim} — {self.verdict} on {self.checkpoints} checkpoints (steps {steps[0]}-{steps[-1]}): "
+                f"{self.layers_following} of {self.layers} FFN layers follow (Spearman with step at least {rho_min} in "
+                f"the claimed direction and net change first -> last in that direction; the net change alone agrees in "
+                f"{self.layers_net_as_claimed}); the layer mean goes {self.first:.4g} -> {self.last:.4g} "
+                f"(Spearman with step {self.rho_layer_mean:+.2f}).")
+
+
+@dataclass
+class SettleVerdict:
+    """Does a metric settle (`settle_verdict`)."""
+
+    verdict: str
+    layers_following: int
+    layers: int
+    checkpoints: int
+    late_checkpoints: int
+    late_range_ratio_median: float
+    ratio_by_layer: np.ndarray  # (layers,) late range / whole range
+
+    def statistic(self) -> str:
+        return (f"median late/whole range {self.late_range_ratio_median:.2f} over {self.late_checkpoints} late "
+                "checkpoints")
+
+    def sentence(self, claim: str, late_fraction: float, tolerance: float) -> str:
+        return (f"NerVE: {claim} — {self.verdict} on {self.checkpoints} checkpoints ({self.late_checkpoints} in the last "
+                f"{late_fraction:.0%} of the steps): in {self.layers_following} of {self.layers} layers JS moves over "
+                f"that late span by at most {tolerance:.0%} of its whole range (median ratio "
+                f"{self.late_range_ratio_median:.2f}).")
+
+
+@dataclass
+class ForecastVerdict:
+    """Does an early spectral metric forecast later eval loss (`forecast_verdict`)."""
+
+    verdict: str  # FORECASTS / NO BETTER THAN LOSS / DOES NOT FORECAST / NOT TESTABLE
+    pairs: int
+    rho: float
+    rho_persistence: float
+    beats_persistence: bool
+    lag: int
+
+    def statistic(self) -> str:
+        return f"rho {self.rho:+.2f} vs persistence {self.rho_persistence:+.2f} ({self.pairs} pairs, lag {self.lag})"
+
+    def sentence(self, metric: str, state: int) -> str:
+        if self.verdict == "NOT TESTABLE":
+            return (f"Spectral Lens forecast with {metric}: NOT TESTABLE — {self.pairs} (early checkpoint, later loss) "
+                    f"pairs with an eval loss (at least 4 needed).")
+        return (f"Spectral Lens forecast: early {metric} of state {state} against eval loss {self.lag} checkpoints "
+                f"later — {self.verdict} (Spearman {self.rho:+.2f} over {self.pairs} pairs; the loss itself gives "
+                f"{self.rho_persistence:+.2f}, so the spectrum {'beats' if self.beats_persistence else 'does not beat'} "
+                f"persistence).")
+
+
 def trend_verdict(matrix: np.ndarray, steps: Sequence[int], direction: int, rho_min: float = 0.5,
-                  majority: float = 0.5, min_checkpoints: int = 3) -> dict:
+                  majority: float = 0.5, min_checkpoints: int = 3) -> TrendVerdict:
     """Does a metric rise (direction +1) or fall (-1) over training, layer by layer?
 
     matrix (layers, checkpoints). A layer follows the trend when the Spearman correlation of its
@@ -395,13 +281,12 @@ def trend_verdict(matrix: np.ndarray, steps: Sequence[int], direction: int, rho_
     held = int(np.sum((direction * np.nan_to_num(rho, nan=0.0) >= rho_min) & (net > 0)))
     mean = np.nanmean(matrix, axis=0)
     verdict = "TOO FEW CHECKPOINTS" if n < min_checkpoints else _label(held, len(rho), majority)
-    return {"verdict": verdict, "layers_following": held, "layers": len(rho), "checkpoints": n,
-            "rho_layer_mean": _spearman(steps, mean), "first": float(mean[0]), "last": float(mean[-1]),
-            "layers_net_as_claimed": int(np.sum(net > 0)), "rho_by_layer": rho}
+    return TrendVerdict(verdict, held, len(rho), n, _spearman(steps, mean), float(mean[0]), float(mean[-1]),
+                        int(np.sum(net > 0)), rho)
 
 
 def settle_verdict(matrix: np.ndarray, steps: Sequence[int], late_fraction: float = 1 / 3, tolerance: float = 0.25,
-                   majority: float = 0.5) -> dict:
+                   majority: float = 0.5) -> SettleVerdict:
     """Does a metric settle? A layer settles when its range over the last `late_fraction` of the
     step span is at most `tolerance` times its range over the whole series (a steady drift gives
     about late_fraction; a curve that has levelled off, close to 0). Needs >= 2 late checkpoints."""
@@ -410,13 +295,11 @@ def settle_verdict(matrix: np.ndarray, steps: Sequence[int], late_fraction: floa
     ratio = np.array([np.ptp(row[late]) / np.ptp(row) if np.ptp(row) > 0 else 0.0 for row in matrix])
     held = int(np.sum(ratio <= tolerance))
     verdict = "TOO FEW CHECKPOINTS" if late.sum() < 2 else _label(held, len(ratio), majority)
-    return {"verdict": verdict, "layers_following": held, "layers": len(ratio), "checkpoints": len(steps),
-            "late_checkpoints": int(late.sum()), "late_range_ratio_median": float(np.median(ratio)),
-            "ratio_by_layer": ratio}
+    return SettleVerdict(verdict, held, len(ratio), len(steps), int(late.sum()), float(np.median(ratio)), ratio)
 
 
 def forecast_verdict(metric: Sequence[float], eval_loss: Sequence[float], steps: Sequence[int], lag: int = 2,
-                     early_fraction: float = 0.5, rho_min: float = 0.5, min_pairs: int = 4) -> dict:
+                     early_fraction: float = 0.5, rho_min: float = 0.5, min_pairs: int = 4) -> ForecastVerdict:
     """Within one run, does a spectral metric at an early checkpoint forecast the eval loss `lag`
     checkpoints later (Spectral Lens's claim, there across runs)? Pairs (i, i + lag) over the
     checkpoints i in the first `early_fraction` of the step span with a known loss at both ends;
@@ -437,5 +320,233 @@ def forecast_verdict(metric: Sequence[float], eval_loss: Sequence[float], steps:
         verdict = "DOES NOT FORECAST"
     else:
         verdict = "FORECASTS" if beats else "NO BETTER THAN LOSS"
-    return {"verdict": verdict, "pairs": len(idx), "rho": rho, "rho_persistence": rho_base,
-            "beats_persistence": beats, "lag": lag}
+    return ForecastVerdict(verdict, len(idx), rho, rho_base, beats, lag)
+
+
+# --- notebook 08 ---------------------------------------------------------------------------------------
+
+@dataclass
+class CheckpointParameters(NotebookParameters):
+    """Notebook 08's parameters (see its parameters cell)."""
+
+    checkpoints: str = ""
+    revisions: list = field(default_factory=list)
+    hub_id: str = ""
+    params_list: list = field(default_factory=list)
+    corpus: str = "stdlib-docs"
+    n_sequences: int = 64
+    seq_len: int = 64
+    seed: int = 0
+    skip_first: int = 1
+    batch_size: int = 8
+    tail_window: list = field(default_factory=lambda: [8, 64])
+    ffn_memory_mb: int = 0
+    cache: bool = True
+    rho_min: float = 0.5
+    majority: float = 0.5
+    settle_fraction: float = 0.34
+    settle_tolerance: float = 0.25
+    forecast_lag: int = 2
+    early_fraction: float = 0.5
+    from_step: int = 1
+
+    AT_LEAST = {"n_sequences": 1, "seq_len": 2, "batch_size": 1, "ffn_memory_mb": 0, "forecast_lag": 1}
+    INTERVALS = {name: "(0, 1]" for name in ("rho_min", "majority", "settle_fraction", "settle_tolerance",
+                                              "early_fraction")}
+
+    def check(self) -> None:
+        check_skip_first(self.skip_first, self.seq_len)
+        check_tail_window(self.tail_window)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_sequences * (self.seq_len - self.skip_first)
+
+
+def measure(series: Series, p: CheckpointParameters) -> SeriesResult:
+    return measure_series(series, corpus=p.corpus, n_sequences=p.n_sequences, seq_len=p.seq_len, seed=p.seed,
+                          skip_first=p.skip_first, batch_size=p.batch_size, tail_window=tuple(p.tail_window),
+                          ffn_memory_mb=p.ffn_memory_mb, cache=p.cache)
+
+
+def layer_mean(trajectory: pd.DataFrame, metric: str, layer: int | None = None) -> np.ndarray:
+    """(checkpoints,) mean over layers of one metric (or one layer's values)."""
+    M, layers, _ = layer_step_matrix(trajectory, metric)
+    return M[list(layers).index(layer)] if layer is not None else np.nanmean(M, axis=0)
+
+
+def final_state(trajectory: pd.DataFrame) -> int:
+    """The residual state index of the final-normed state (L + 1)."""
+    return int(trajectory[trajectory.metric == "act.eff_rank"].layer.max())
+
+
+TREND_CLAIMS = {"SE_post rises": ("nerve.se_post", +1), "PR_post rises": ("nerve.pr_post", +1),
+                "EEE_post falls": ("nerve.eee_post", -1)}
+SETTLE_CLAIMS = {"JS settles": "nerve.js"}
+FORECAST_METRICS = ("act.tail_slope", "act.eff_rank")
+
+
+@dataclass
+class Verdicts:
+    """Notebook 08's verdicts on the checkpoints at or after from_step."""
+
+    steps: list[int]  # the checkpoints' steps the verdicts rest on
+    claims: dict[str, TrendVerdict | SettleVerdict]  # NerVE's claims
+    forecasts: dict[str, ForecastVerdict]  # metric -> Spectral Lens forecast
+    final_state: int
+
+    def table(self) -> pd.DataFrame:
+        """verdicts.csv: claim, verdict, layers following, checkpoints, statistic."""
+        rows = [{"claim": c, "verdict": v.verdict, "layers following": f"{v.layers_following}/{v.layers}",
+                 "checkpoints": v.checkpoints, "statistic": v.statistic()} for c, v in self.claims.items()]
+        rows += [{"claim": f"early {m} (state {self.final_state}) forecasts eval loss", "verdict": f.verdict,
+                  "layers following": "-", "checkpoints": f.pairs, "statistic": f.statistic()}
+                 for m, f in self.forecasts.items()]
+        return pd.DataFrame(rows)
+
+
+def tested_mask(steps: list[int], from_step: int) -> np.ndarray:
+    """(checkpoints,) the checkpoints the verdicts rest on; an error when fewer than 2."""
+    tested = np.asarray(steps) >= from_step
+    if tested.sum() < 2:
+        raise ValueError(f"parameter from_step={from_step} leaves {int(tested.sum())} checkpoint(s) of steps {steps}")
+    return tested
+
+
+def judge(result: SeriesResult, steps: list[int], p: CheckpointParameters) -> Verdicts:
+    tested = tested_mask(steps, p.from_step)
+    v_steps = [s for s, t in zip(steps, tested) if t]
+    traj, state = result.trajectory, final_state(result.trajectory)
+
+    def matrix(metric: str) -> np.ndarray:
+        return layer_step_matrix(traj, metric)[0][:, tested]
+
+    claims: dict = {c: trend_verdict(matrix(m), v_steps, sign, p.rho_min, p.majority)
+                    for c, (m, sign) in TREND_CLAIMS.items()}
+    claims.update({c: settle_verdict(matrix(m), v_steps, p.settle_fraction, p.settle_tolerance, p.majority)
+                   for c, m in SETTLE_CLAIMS.items()})
+    loss = result.checkpoints.eval_loss.to_numpy()[tested]
+    forecasts = {m: forecast_verdict(layer_mean(traj, m, state)[tested], loss, v_steps, p.forecast_lag,
+                                     p.early_fraction, p.rho_min) for m in FORECAST_METRICS}
+    return Verdicts(v_steps, claims, forecasts, state)
+
+
+@dataclass
+class CheckpointFindings:
+    """What notebook 08's findings state, as numbers; `sentences()` writes them."""
+
+    description: str  # the series
+    steps: list[int]  # every checkpoint's step
+    with_loss: int  # checkpoints carrying an eval loss
+    verdicts: Verdicts
+    p: CheckpointParameters
+    left_out_moves: dict[str, tuple[float, float]]  # metric -> layer mean at the first step, at the first tested step
+
+    @property
+    def left_out(self) -> list[int]:
+        return [s for s in self.steps if s not in self.verdicts.steps]
+
+    def _series_sentence(self) -> str:
+        steps, v = self.steps, self.verdicts
+        return (f"Series: {self.description}; {len(steps)} checkpoints at steps {steps[0]}-{steps[-1]} "
+                f"({', '.join(map(str, steps))}); {self.with_loss} carry an eval loss; the verdicts rest on the "
+                f"{len(v.steps)} at steps >= {self.p.from_step}.")
+
+    def _left_out_sentence(self) -> list[str]:
+        if not self.left_out:
+            return []
+        moves = ", ".join(f"{m.split('.')[1]} {a:.4g} -> {b:.4g}" for m, (a, b) in self.left_out_moves.items())
+        return [f"Left out of the verdicts (from_step = {self.p.from_step}): step(s) {self.left_out}. From step "
+                f"{self.steps[0]} to step {self.verdicts.steps[0]} the layer means move: {moves}; the verdicts with "
+                "them included follow from trajectory.csv (set from_step = 0)."]
+
+    def sentences(self) -> list[str]:
+        v, p = self.verdicts, self.p
+        out = [self._series_sentence()]
+        for claim, verdict in v.claims.items():
+            out.append(verdict.sentence(claim, v.steps, p.rho_min) if isinstance(verdict, TrendVerdict)
+                       else verdict.sentence(claim, p.settle_fraction, p.settle_tolerance))
+        out += self._left_out_sentence()
+        out += [f.sentence(m, v.final_state) for m, f in v.forecasts.items()]
+        out.append("Caveat: within one run every quantity moves with the step, so a correlation with the step or with "
+                   "later loss shows co-movement, not cause; Spectral Lens's forecast is a claim across runs (notebook "
+                   "06 section 2 tests that form). Verdicts on fewer than about 10 checkpoints are anecdotes.")
+        return out
+
+
+def findings(series: Series, result: SeriesResult, verdicts: Verdicts, p: CheckpointParameters) -> CheckpointFindings:
+    steps = series.steps
+    first_in = steps.index(verdicts.steps[0])
+    moves = {m: (layer_mean(result.trajectory, m)[0], layer_mean(result.trajectory, m)[first_in])
+             for m in ("nerve.se_post", "nerve.pr_post", "nerve.eee_post", "nerve.js")}
+    return CheckpointFindings(series.description, steps, int(np.isfinite(result.checkpoints.eval_loss).sum()),
+                              verdicts, p, moves)
+
+
+# --- figures ---------------------------------------------------------------------------------------
+
+HEATMAP_METRICS = ("nerve.se_post", "nerve.pr_post", "nerve.eee_post", "nerve.js", "act.eff_rank", "w.ffn_in.eff_rank")
+
+
+def heatmaps_figure(trajectory: pd.DataFrame, path: Path):
+    """Layers x steps of the NerVE metrics, activation and FFN-input weight effective rank."""
+    shown = [m for m in HEATMAP_METRICS if m in set(trajectory.metric)]
+    fig, axes = subplots(2, math.ceil(len(shown) / 2), width=4.2, height=3.0)
+    for ax, metric in zip(axes.flat, shown):
+        M, layers, cols = layer_step_matrix(trajectory, metric)
+        heatmap(ax, M, metric, "step", "layer")
+        ticks = np.linspace(0, len(cols) - 1, min(5, len(cols))).astype(int)
+        ax.set_xticks(ticks, cols[ticks])
+        ax.set_yticks(range(len(layers)), layers)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig
+
+
+def curves_figure(result: SeriesResult, steps: list[int], path: Path):
+    """Layer means of every metric family against the step, beside the eval loss."""
+    traj, state = result.trajectory, final_state(result.trajectory)
+    weights = sorted({m.split(".")[1] for m in traj.metric if m.startswith("w.")})
+    mean = lambda metric, layer=None: layer_mean(traj, metric, layer)  # noqa: E731
+    panels = [
+        ("eval loss", {"eval loss": result.checkpoints.eval_loss.to_numpy()}),
+        ("spectral entropy SE", {"pre": mean("nerve.se_pre"), "post": mean("nerve.se_post")}),
+        ("participation ratio PR", {"pre": mean("nerve.pr_pre"), "post": mean("nerve.pr_post")}),
+        ("EEE", {"pre": mean("nerve.eee_pre"), "post": mean("nerve.eee_post")}),
+        ("JS(pre, post)", {"js": mean("nerve.js")}),
+        (f"activations, state {state}", {"eff rank": mean("act.eff_rank", state)}),
+        (f"tail slope, state {state}", {"slope": mean("act.tail_slope", state)}),
+        ("weight eff rank", {w: mean(f"w.{w}.eff_rank") for w in weights}),
+        ("weight stable rank", {w: mean(f"w.{w}.stable_rank") for w in weights}),
+        ("weight alpha", {w: mean(f"w.{w}.alpha") for w in weights}),
+    ]
+    fig, axes = subplots(2, 5, width=3.6, height=2.9)
+    for ax, (title, curves) in zip(axes.flat, panels):
+        line_panel(ax, steps, curves, title, "step", "")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return fig
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+def write_report(params: Params, series: Series, result: SeriesResult, found: CheckpointFindings,
+                 verdicts: pd.DataFrame, out: Path) -> Path:
+    p, ck = found.p, result.checkpoints
+    report = Report(f"08 · Checkpoint dynamics — {params.name}")
+    report.heading("Series").table({"series": series.description, "checkpoints": len(series.steps),
+                                    "steps": ", ".join(map(str, series.steps)),
+                                    "step from": ", ".join(sorted({c.step_from for c in series.checkpoints})),
+                                    "eval losses": found.with_loss, "dtype": params.dtype, "device": params.device,
+                                    "tokens": f"{p.n_sequences} x {p.seq_len} of '{p.corpus}' (seed {p.seed}), first "
+                                              f"{p.skip_first} position(s) skipped = {p.n_tokens}",
+                                    "from cache": int(ck.from_cache.sum())})
+    report.heading("Findings").bullets(found.sentences())
+    report.heading("Verdicts").table(verdicts)
+    report.heading("Checkpoints").table(ck, digits=5)
+    report.figure(out / "heatmaps.png", "layers x steps: NerVE metrics, activation effective rank, FFN input weight "
+                  "effective rank")
+    report.figure(out / "curves.png", "layer means against the step")
+    return report.write(out / "report.md")

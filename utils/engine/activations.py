@@ -48,6 +48,8 @@ rows per window) so that all-token statistics follow exactly by `StreamingCovari
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -59,6 +61,7 @@ from tqdm.auto import tqdm
 
 from utils.cache_files import read_cache, write_cache
 from utils.engine.corpus import TokenSample
+from utils.engine.hooks import FFNCovariances
 from utils.machine import available_ram
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype
 from utils.models.loading import LoadedModel
@@ -168,7 +171,7 @@ def _save_cached(stats: ActivationStats) -> Path:
     return path
 
 
-# --- hooks --------------------------------------------------------------------------------------
+# --- passes -------------------------------------------------------------------------------------
 
 class _StopForward(Exception):
     """Raised by a hook once every block a pass needs has run."""
@@ -236,168 +239,218 @@ def _sample_positions(mask: torch.Tensor, keep: int, seed: int) -> torch.Tensor:
     return chosen.sort().values
 
 
-def _run_pass(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, stat_mask: torch.Tensor, *,
-              residual: bool,
-              ffn_layers: list[int], positions: torch.Tensor, consumers: Sequence[Callable],
-              batch_size: int, device: torch.device, desc: str, ffn_dtype: str = "float64",
-              keep_skipped: bool = False) -> dict:
-    """One pass over all windows; returns the accumulators it filled."""
-    adapter = loaded.adapter
-    L, d, d_ff = adapter.dims.L, adapter.dims.d, adapter.dims.d_ff
-    keep_states = residual or bool(consumers)
-    res = [StreamingCovariance(d, device) for _ in range(L + 2)] if residual else []
-    pre = {i: StreamingCovariance(d_ff, device, ffn_dtype) for i in ffn_layers}
-    post = {i: StreamingCovariance(d_ff, device, ffn_dtype) for i in ffn_layers}
-    skipped = {"pre": {i: [] for i in ffn_layers}, "post": {i: [] for i in ffn_layers}}  # rows left out, CPU
-    samples = torch.zeros(L + 2, positions.numel(), d) if residual and positions.numel() else None
-    seq_len = ids.shape[1]
-    states: dict[int, torch.Tensor] = {}
-    rows_mask: list[torch.Tensor] = []  # current batch's flat masks (statistics, skipped), on device
-    last_block = L - 1 if keep_states else max(ffn_layers)
-
-    # Masks go to each activation's device: with `device: auto` (accelerate's device_map) later
-    # blocks may sit on another GPU than the first parameter; `.to` is a no-op on one device.
-    def real_rows(x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (n_real, D)
-        return x.reshape(-1, x.shape[-1])[rows_mask[0].to(x.device)]
-
-    def ffn_rows(kind: str, i: int, x: torch.Tensor) -> None:
-        (pre if kind == "pre" else post)[i].update(real_rows(x))
-        if keep_skipped:
-            skipped[kind][i].append(x.reshape(-1, x.shape[-1])[rows_mask[1].to(x.device)].float().cpu())
-
-    def on_block(i):
-        def hook(module, args, output):
-            if keep_states:
-                states[i + 1] = _tensor(output)
-            if i == last_block:
-                raise _StopForward
-        return hook
-
-    def _batch(start: int) -> None:
-        b_ids = ids[start : start + batch_size].to(device)
-        b_mask = mask[start : start + batch_size].to(device)  # what the model attends to
-        b_stat = stat_mask[start : start + batch_size].to(device)  # what enters the statistics
-        rows_mask[:] = [b_stat.reshape(-1), (b_mask & ~b_stat).reshape(-1)]
-        states.clear()
-        try:
-            adapter.base(input_ids=b_ids, attention_mask=b_mask.long(), use_cache=False)
-        except _StopForward:
-            pass
-        if not keep_states:
-            return
-        # The final norm applied by hand to the last block output: the same module call the
-        # model makes (verified against HF hidden_states[-1] and the model's logits in tests).
-        states[L + 1] = adapter.apply_final_norm(states[L])
-        batch_states = [states[j].to(device) for j in range(L + 2)]  # each (B, S, d), on the accumulators' device
-        if residual:
-            lo, hi = start * seq_len, (start + b_ids.shape[0]) * seq_len
-            slot = ((positions >= lo) & (positions < hi)).nonzero().squeeze(1)  # rows of `samples`
-            here = (positions[slot] - lo).to(device)  # flat positions inside this batch
-            for j, x in enumerate(batch_states):
-                res[j].update(real_rows(x))
-                if samples is not None and slot.numel():
-                    samples[j, slot] = x.reshape(-1, d)[here].float().cpu()
-        batch = BatchActivations(input_ids=b_ids, mask=b_stat, residual=batch_states, offset=start)
-        for consume in consumers:
-            consume(batch)
-
-    handles = []
-    try:
-        if keep_states:
-            handles.append(adapter.block(0).register_forward_pre_hook(
-                lambda m, args, kwargs: states.__setitem__(0, args[0] if args else kwargs["hidden_states"]),
-                with_kwargs=True))
-        for i in range(last_block + 1):
-            handles.append(adapter.block(i).register_forward_hook(on_block(i)))
-        for i in ffn_layers:
-            handles.append(adapter.ffn_pre_module(i).register_forward_hook(
-                lambda m, args, out, i=i: ffn_rows("pre", i, out)))
-            handles.append(adapter.ffn_post_module(i).register_forward_pre_hook(
-                lambda m, args, i=i: ffn_rows("post", i, args[0])))
-        for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, leave=False, unit="batch"):
-            with torch.inference_mode():
-                _batch(start)
-    finally:
-        for h in handles:
-            h.remove()
-    cat = {kind: {i: torch.cat(rows) if rows else torch.zeros(0, d_ff) for i, rows in by_layer.items()}
-           for kind, by_layer in skipped.items()} if keep_skipped else {"pre": {}, "post": {}}
-    return {"residual": res, "pre": pre, "post": post, "samples": samples,
-            "pre_skipped": cat["pre"], "post_skipped": cat["post"]}
-
-
-def collect_activations(loaded: LoadedModel, tokens: TokenSample, *, residual: bool = True,
-                        ffn_layers: Sequence[int] = (), keep_samples: int = 0, batch_size: int = 8,
-                        seed: int = 0, cache: bool = True, device: str | torch.device | None = None,
-                        attention_mask: torch.Tensor | None = None, consumers: Sequence[Callable] = (),
-                        ffn_memory_bytes: int | None = None, skip_first: int = 0, ffn_dtype: str = "float32",
-                        keep_skipped: bool = False) -> ActivationStats:
-    """Stream the model over `tokens.input_ids` (n, S) and accumulate the statistics of the module doc.
+@dataclass(eq=False)
+class ActivationSettings:
+    """What `collect_activations` accumulates and how (every field a keyword of `collect_activations`).
 
     residual: accumulate the L + 2 residual-state covariances (and `keep_samples` samples of each).
-    ffn_layers: blocks whose FFN pre/post-activation covariances are accumulated.
-    keep_samples: token positions kept per residual state (same positions for every state), seeded.
+    ffn_layers: blocks whose FFN pre/post-activation covariances (D_ff, D_ff) are accumulated.
+    keep_samples: token positions kept per residual state (same positions for every state), seeded by `seed`.
+    batch_size: windows per forward pass. cache: read and write the cache (module doc).
+    device: accumulators' device (None: the model's first parameter's device).
     attention_mask: optional (n, S) 0/1; masked positions enter no statistic.
-    consumers: callables on each `BatchActivations` of the first pass (see module doc).
+    consumers: callables on each `BatchActivations` of the first pass (module doc).
     ffn_memory_bytes: budget for FFN accumulators per pass (2 D_ff^2 itemsize bytes per layer);
         None: `default_ffn_budget(device)`, half the memory free on the device.
-    ffn_dtype: FFN accumulator storage, "float32" (default; exact per-batch centring keeps ~1e-6
-        relative accuracy, see utils.metrics.covariance) or "float64".
-    keep_skipped: also return the FFN rows of the skipped positions (`ffn_pre_skipped`,
-        `ffn_post_skipped`, float32 on CPU), so that all-token statistics follow by merging.
     skip_first: the first `skip_first` positions of every window run through the model but enter
         no statistic (nor the consumers' masks): many LMs turn the first position of any window
         into an attention sink with massive activations (Xiao et al. 2023; Sun et al. 2024,
         "Massive activations in LLMs"), a few tokens that would otherwise dominate every
         covariance spectrum and CKA value.
+    ffn_dtype: FFN accumulator storage, "float32" (default; exact per-batch centring keeps ~1e-6
+        relative accuracy, see utils.metrics.covariance) or "float64".
+    keep_skipped: also return the FFN rows of the skipped positions (`ffn_pre_skipped`,
+        `ffn_post_skipped`, float32 on CPU), so that all-token statistics follow by merging.
     """
-    ids = tokens.input_ids
+
+    residual: bool = True
+    ffn_layers: Sequence[int] = ()
+    keep_samples: int = 0
+    batch_size: int = 8
+    seed: int = 0
+    cache: bool = True
+    device: str | torch.device | None = None
+    attention_mask: torch.Tensor | None = None
+    consumers: Sequence[Callable] = ()
+    ffn_memory_bytes: int | None = None
+    skip_first: int = 0
+    ffn_dtype: str = "float32"
+    keep_skipped: bool = False
+
+
+@dataclass
+class _Windows:
+    """The token windows of one call: ids (n, S), mask (n, S) what the model attends to,
+    stat_mask (n, S) what enters the statistics (mask without the skipped positions)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    stat_mask: torch.Tensor
+
+
+@dataclass
+class PassResult:
+    """The accumulators one forward pass over all windows filled."""
+
+    residual: list[StreamingCovariance]  # L + 2, or empty
+    ffn: FFNCovariances  # layer -> pre/post (D_ff, D_ff) accumulators, skipped rows
+    samples: torch.Tensor | None  # (L + 2, keep_samples, d) float32
+
+
+class _Pass:
+    """One pass over all windows (the first pass of a call also feeds the residual statistics and
+    the consumers); blocks after the last one it needs are not run."""
+
+    def __init__(self, loaded: LoadedModel, windows: _Windows, settings: ActivationSettings, *, ffn_layers: list[int],
+                 residual: bool, consumers: Sequence[Callable], positions: torch.Tensor, device: torch.device):
+        self.adapter, self.windows, self.settings = loaded.adapter, windows, settings
+        self.residual_on, self.consumers, self.positions, self.device = residual, consumers, positions, device
+        L, d, d_ff = self.adapter.dims.L, self.adapter.dims.d, self.adapter.dims.d_ff
+        self.keep_states = residual or bool(consumers)
+        self.last_block = L - 1 if self.keep_states else max(ffn_layers)
+        self.residual = [StreamingCovariance(d, device) for _ in range(L + 2)] if residual else []
+        self.ffn = FFNCovariances(ffn_layers, d_ff, device, settings.ffn_dtype, settings.keep_skipped)
+        self.samples = torch.zeros(L + 2, positions.numel(), d) if residual and positions.numel() else None
+        self.states: dict[int, torch.Tensor] = {}  # residual state index -> (B, S, d) of the current batch
+        self.rows: torch.Tensor | None = None  # (B*S,) bool, current batch's statistics rows, on device
+
+    def _block_hook(self, i: int):
+        def hook(module, args, output):
+            if self.keep_states:
+                self.states[i + 1] = _tensor(output)
+            if i == self.last_block:
+                raise _StopForward
+        return hook
+
+    @contextlib.contextmanager
+    def _hooks(self):
+        handles = []
+        try:
+            if self.keep_states:
+                handles.append(self.adapter.block(0).register_forward_pre_hook(
+                    lambda m, args, kwargs: self.states.__setitem__(0, args[0] if args else kwargs["hidden_states"]),
+                    with_kwargs=True))
+            for i in range(self.last_block + 1):
+                handles.append(self.adapter.block(i).register_forward_hook(self._block_hook(i)))
+            with self.ffn.hooked(self.adapter):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _forward(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one batch up to the last block needed; returns its ids and statistics mask (B, S)."""
+        end, w = start + self.settings.batch_size, self.windows
+        b_ids = w.ids[start:end].to(self.device)
+        b_mask = w.mask[start:end].to(self.device)  # what the model attends to
+        b_stat = w.stat_mask[start:end].to(self.device)  # what enters the statistics
+        self.rows = b_stat.reshape(-1)
+        self.ffn.set_batch(self.rows, (b_mask & ~b_stat).reshape(-1))
+        self.states.clear()
+        try:
+            self.adapter.base(input_ids=b_ids, attention_mask=b_mask.long(), use_cache=False)
+        except _StopForward:
+            pass
+        return b_ids, b_stat
+
+    def _record(self, start: int, b_ids: torch.Tensor, b_stat: torch.Tensor) -> None:
+        """Residual statistics, samples and consumers of one batch."""
+        L, d, seq_len = self.adapter.dims.L, self.adapter.dims.d, self.windows.ids.shape[1]
+        # The final norm applied by hand to the last block output: the same module call the
+        # model makes (verified against HF hidden_states[-1] and the model's logits in tests).
+        self.states[L + 1] = self.adapter.apply_final_norm(self.states[L])
+        batch_states = [self.states[j].to(self.device) for j in range(L + 2)]  # each (B, S, d)
+        if self.residual_on:
+            lo, hi = start * seq_len, (start + b_ids.shape[0]) * seq_len
+            slot = ((self.positions >= lo) & (self.positions < hi)).nonzero().squeeze(1)  # rows of `samples`
+            here = (self.positions[slot] - lo).to(self.device)  # flat positions inside this batch
+            for j, x in enumerate(batch_states):
+                flat = x.reshape(-1, x.shape[-1])  # (B*S, d)
+                self.residual[j].update(flat[self.rows.to(x.device)])
+                if self.samples is not None and slot.numel():
+                    self.samples[j, slot] = x.reshape(-1, d)[here].float().cpu()
+        batch = BatchActivations(input_ids=b_ids, mask=b_stat, residual=batch_states, offset=start)
+        for consume in self.consumers:
+            consume(batch)
+
+    def run(self, desc: str) -> PassResult:
+        with self._hooks():
+            for start in tqdm(range(0, self.windows.ids.shape[0], self.settings.batch_size), desc=desc, leave=False,
+                              unit="batch"):
+                with torch.inference_mode():
+                    b_ids, b_stat = self._forward(start)
+                    if self.keep_states:
+                        self._record(start, b_ids, b_stat)
+        return PassResult(self.residual, self.ffn, self.samples)
+
+
+def _windows(tokens: TokenSample, settings: ActivationSettings) -> _Windows:
+    """The windows and masks of a call, with clear errors before the model runs."""
+    ids, attention_mask = tokens.input_ids, settings.attention_mask
     mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask shape {tuple(mask.shape)} != input_ids shape {tuple(ids.shape)}")
     stat_mask = mask.clone()
-    stat_mask[:, :skip_first] = False
+    stat_mask[:, :settings.skip_first] = False
     if not stat_mask.any():
-        raise ValueError(f"skip_first={skip_first} leaves no token of windows of length {ids.shape[1]}")
-    for i in ffn_layers:
-        loaded.adapter.check_layer(i)
-    if device is None:
-        device = next(loaded.model.parameters()).device
-    device = torch.device(device)
-    accumulator_dtype(ffn_dtype)  # refuses anything but float32/float64 before the model runs
-    if ffn_memory_bytes is None:
-        ffn_memory_bytes = default_ffn_budget(device)
-    key = cache_key(loaded, tokens, attention_mask, residual=residual, ffn_layers=ffn_layers,
-                    keep_samples=keep_samples, seed=seed, skip_first=skip_first, ffn_dtype=ffn_dtype,
-                    keep_skipped=keep_skipped)
-    stats = _load_cached(key) if cache else None
-    if stats is not None and not consumers:
-        return stats
-    positions = _sample_positions(stat_mask, keep_samples, seed)
-    groups = [] if stats is not None else _ffn_groups(ffn_layers, loaded.adapter.dims.d_ff, ffn_memory_bytes,
-                                                      ffn_dtype)
-    want_residual = residual and stats is None
-    if not groups and (want_residual or consumers):
-        groups = [[]]
-    acc = {"residual": [], "pre": {}, "post": {}, "samples": None, "pre_skipped": {}, "post_skipped": {}}
+        raise ValueError(f"skip_first={settings.skip_first} leaves no token of windows of length {ids.shape[1]}")
+    return _Windows(ids, mask, stat_mask)
+
+
+def _key(loaded: LoadedModel, tokens: TokenSample, s: ActivationSettings) -> dict:
+    return cache_key(loaded, tokens, s.attention_mask, residual=s.residual, ffn_layers=s.ffn_layers,
+                     keep_samples=s.keep_samples, seed=s.seed, skip_first=s.skip_first, ffn_dtype=s.ffn_dtype,
+                     keep_skipped=s.keep_skipped)
+
+
+def _run_passes(loaded: LoadedModel, windows: _Windows, s: ActivationSettings, groups: list[list[int]],
+                residual: bool, positions: torch.Tensor, device: torch.device) -> ActivationStats:
+    """One pass per FFN group; the first also accumulates the residual statistics and feeds the consumers."""
+    stats = ActivationStats(residual=[], ffn_pre={}, ffn_post={}, samples=None, sample_positions=positions,
+                            n_tokens=int(windows.stat_mask.sum()))
+    d_ff = loaded.adapter.dims.d_ff
     for k, group in enumerate(groups):
         first = k == 0
-        out = _run_pass(loaded, ids, mask, stat_mask, residual=want_residual and first, ffn_layers=group,
-                        positions=positions, consumers=consumers if first else (),
-                        batch_size=batch_size, device=device, ffn_dtype=ffn_dtype, keep_skipped=keep_skipped,
-                        desc=f"activations pass {k + 1}/{len(groups)}")
+        done = _Pass(loaded, windows, s, ffn_layers=group, residual=residual and first,
+                     consumers=s.consumers if first else (), positions=positions,
+                     device=device).run(f"activations pass {k + 1}/{len(groups)}")
         if first:
-            acc["residual"], acc["samples"] = out["residual"], out["samples"]
-        for kind in ("pre", "post", "pre_skipped", "post_skipped"):
-            acc[kind].update(out[kind])
-    if stats is not None:
-        return stats
-    stats = ActivationStats(
-        residual=acc["residual"], ffn_pre=acc["pre"], ffn_post=acc["post"], samples=acc["samples"],
-        sample_positions=positions, n_tokens=int(stat_mask.sum()),
-        key=json.loads(json.dumps(key, sort_keys=True, default=str)),
-        ffn_pre_skipped=acc["pre_skipped"], ffn_post_skipped=acc["post_skipped"],
-    )
-    if cache:
+            stats.residual, stats.samples = done.residual, done.samples
+        stats.ffn_pre.update(done.ffn.pre)
+        stats.ffn_post.update(done.ffn.post)
+        stats.ffn_pre_skipped.update(done.ffn.skipped_rows("pre", d_ff))
+        stats.ffn_post_skipped.update(done.ffn.skipped_rows("post", d_ff))
+    return stats
+
+
+def collect_activations(loaded: LoadedModel, tokens: TokenSample, settings: ActivationSettings | None = None,
+                        **keywords) -> ActivationStats:
+    """Stream the model over `tokens.input_ids` (n, S) and accumulate the statistics of the module doc.
+
+    `settings` (`ActivationSettings`) or its fields as keywords (residual, ffn_layers, keep_samples,
+    batch_size, seed, cache, device, attention_mask, consumers, ffn_memory_bytes, skip_first,
+    ffn_dtype, keep_skipped); keywords override the fields of `settings`.
+    """
+    s = dataclasses.replace(settings or ActivationSettings(), **keywords)
+    windows = _windows(tokens, s)
+    for i in s.ffn_layers:
+        loaded.adapter.check_layer(i)
+    device = torch.device(next(loaded.model.parameters()).device if s.device is None else s.device)
+    accumulator_dtype(s.ffn_dtype)  # refuses anything but float32/float64 before the model runs
+    budget = default_ffn_budget(device) if s.ffn_memory_bytes is None else s.ffn_memory_bytes
+    key = _key(loaded, tokens, s)
+    cached = _load_cached(key) if s.cache else None
+    if cached is not None and not s.consumers:
+        return cached
+    positions = _sample_positions(windows.stat_mask, s.keep_samples, s.seed)
+    groups = [] if cached is not None else _ffn_groups(s.ffn_layers, loaded.adapter.dims.d_ff, budget, s.ffn_dtype)
+    want_residual = s.residual and cached is None
+    if not groups and (want_residual or s.consumers):
+        groups = [[]]
+    stats = _run_passes(loaded, windows, s, groups, want_residual, positions, device)
+    if cached is not None:
+        return cached
+    stats.key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    if s.cache:
         _save_cached(stats)
     return stats

@@ -155,7 +155,7 @@ def test_nanogpt_checkpoints_use_the_same_vocabulary():
 
     nano = load_model(str(Path(__file__).parent / "params" / "nanogpt-tiny.yaml"))
     assert nano.adapter.family.name == "spectra_nanogpt"
-    assert not nano.adapter.ffn(0).gated and nano.adapter.dims.GQA == nano.adapter.dims.h
+    assert not nano.adapter.ffn(0).gated and nano.adapter.dims.h_kv == nano.adapter.dims.h
     test_ffn_hooks_and_weights(nano)
     test_logits_and_final_norm(nano)
 
@@ -164,7 +164,7 @@ def test_mistral_maps_to_llama_family():
     config = AutoConfig.for_model("mistral", hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
     adapter = get_adapter(AutoModelForCausalLM.from_config(config))
-    assert adapter.family.name == "llama" and adapter.dims.GQA == 2
+    assert adapter.family.name == "llama" and adapter.dims.h_kv == 2
     assert adapter.attention(0).kv_head_of.tolist() == [0, 0, 1, 1]
 
 

@@ -22,7 +22,7 @@ def test_notebook_02(run_notebook, params):
     assert list(df.columns[:7]) == ["layer", "head", "kv_head", "eff_rank", "asymmetry", "frac_complex", "top_eig_abs"]
     assert len(df) == dims.L * dims.h
     assert sorted(zip(df.layer, df["head"])) == [(i, j) for i in range(dims.L) for j in range(dims.h)]
-    np.testing.assert_array_equal(df.kv_head, df["head"] // (dims.h // dims.GQA))  # HF repeat_kv grouping
+    np.testing.assert_array_equal(df.kv_head, df["head"] // (dims.h // dims.h_kv))  # HF repeat_kv grouping
     numeric = df.select_dtypes("number")
     assert np.isfinite(numeric.to_numpy()).all()
     assert df.eff_rank.between(1, dims.d_head + 1e-9).all()

@@ -43,12 +43,13 @@ class ModelDims:
     d: int  # residual width
     d_ff: int  # FFN hidden width
     h: int  # query heads
-    GQA: int  # KV heads (the seeds' name)
+    h_kv: int  # KV heads (h_kv = h without grouped-query attention)
     V: int  # vocabulary size
     d_head: int
 
     def as_dict(self) -> dict:
-        return dict(L=self.L, d=self.d, d_ff=self.d_ff, h=self.h, GQA=self.GQA, V=self.V, d_head=self.d_head)
+        """The seeds' dims dict (`get_model_dims` of 1.py / 2.py), which calls the KV heads "GQA"."""
+        return dict(L=self.L, d=self.d, d_ff=self.d_ff, h=self.h, GQA=self.h_kv, V=self.V, d_head=self.d_head)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def _dims(config, L: int, d_ff: int, V: int) -> ModelDims:
     d = config.hidden_size
     d_head = getattr(config, "head_dim", None) or d // h
     n_kv = getattr(config, "num_key_value_heads", None) or h
-    return ModelDims(L=L, d=d, d_ff=d_ff, h=h, GQA=n_kv, V=V, d_head=d_head)
+    return ModelDims(L=L, d=d, d_ff=d_ff, h=h, h_kv=n_kv, V=V, d_head=d_head)
 
 
 class WeightAdapter:
@@ -256,7 +257,7 @@ class ModelAdapter(WeightAdapter):
         dims = self.dims
         block = self.block(layer)
         wq, wk, wv = self.family.split_qkv(tuple(_linear(_get(block, p)) for p in self.family.qkv),
-                                           dims.h, dims.GQA, dims.d_head)
+                                           dims.h, dims.h_kv, dims.d_head)
         scale = getattr(self.attention_module(layer), "scaling", None) or dims.d_head**-0.5
         return self._attention_weights(wq, wk, wv, _linear(_get(block, self.family.o_proj)), scale)
 
@@ -397,7 +398,7 @@ class CheckpointAdapter(WeightAdapter):
             d = self.dims
             raise CheckpointShapeError(
                 f"{self.store.directory}: {len(problems)} tensor(s) disagree with config.json (L={d.L}, d={d.d}, "
-                f"d_ff={d.d_ff}, h={d.h}, h_kv={d.GQA}, d_head={d.d_head}, V={d.V}):\n  " + "\n  ".join(problems[:12])
+                f"d_ff={d.d_ff}, h={d.h}, h_kv={d.h_kv}, d_head={d.d_head}, V={d.V}):\n  " + "\n  ".join(problems[:12])
                 + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
                 + "\nThe weights and config.json do not belong together: use the config.json saved with these weights."
             )
@@ -439,7 +440,7 @@ class CheckpointAdapter(WeightAdapter):
     def attention(self, layer: int) -> AttentionWeights:
         paths, dims = self.family.block_paths(self.check_layer(layer)), self.dims
         qkv = tuple(self._matrix(paths[k]) for k in (("qkv",) if "qkv" in paths else ("q", "k", "v")))
-        wq, wk, wv = self.family.split_qkv(qkv, dims.h, dims.GQA, dims.d_head)
+        wq, wk, wv = self.family.split_qkv(qkv, dims.h, dims.h_kv, dims.d_head)
         scale = self.family.query_scale(self.config, layer) or dims.d_head**-0.5
         return self._attention_weights(wq, wk, wv, self._matrix(paths["o"]), scale)
 

@@ -62,7 +62,7 @@ def _model_table(params: Params, origin: str, adapter, model_type: str, n_parame
         "hidden size (d)": d.d,
         "FFN width (d_ff)": d.d_ff,
         "query heads (h)": d.h,
-        "KV heads (GQA)": d.GQA,
+        "KV heads (GQA)": d.h_kv,
         "head dim (d_head)": d.d_head,
         "vocabulary (V)": d.V,
         "parameters": n_parameters,

@@ -29,7 +29,9 @@ def output_dir(params, notebook: str, output_root: str | Path = "output") -> Pat
     """<output_root>/<params name>/<notebook>/, created; a relative root resolves from the repo root
     (so a kernel started in notebooks/ writes to the same place as `make`). `params` is a `Params`
     (its `.name`), a params name, or a path to a params file (named by its stem). Inside a run
-    staged by `utils.run` (STAGE_ENV set), that run's own folder is replaced by its staging folder."""
+    staged by `utils.run` (STAGE_ENV set), that run's own folder is replaced by its staging folder,
+    and other notebooks' folders (which a run only reads, as 07 reads 01's of every model it
+    compares) are not created: a run leaves no empty folder behind."""
     name = getattr(params, "name", None)
     if name is None:
         name = Path(params).stem if str(params).endswith((".yaml", ".yml")) else str(params)
@@ -40,5 +42,7 @@ def output_dir(params, notebook: str, output_root: str | Path = "output") -> Pat
     final, sep, staging = os.environ.get(STAGE_ENV, "").partition(os.pathsep)
     if sep and Path(final).resolve() == path.resolve():
         return Path(staging)
+    if sep:
+        return path
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -35,6 +35,7 @@ from utils.atomic_io import unique_path
 from utils.models.params import ParamsError, load_params
 from utils.models.sources import ModelUnavailableError, check_available
 from utils.paths import NOTEBOOKS_DIR, REPO_ROOT, STAGE_ENV, output_dir
+from utils.reporting.index import refresh
 
 
 def notebook_names() -> list[str]:
@@ -101,8 +102,10 @@ def execute_notebook(notebook: str | Path, model: str | Path, output_root: str |
         if executed.exists() and executed.stat().st_size:
             os.replace(executed, out / f"{name}.failed.ipynb")
         shutil.rmtree(staging, ignore_errors=True)
+        refresh(out)  # the index marks the failed run
         raise
     _swap_in(staging, out)
+    refresh(out)  # report.html with every file of the run, its model's index, the overall index
     return out
 
 

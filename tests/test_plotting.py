@@ -134,3 +134,16 @@ def test_png_facts_rejects_other_files(tmp_path):
     (tmp_path / "x.png").write_bytes(b"GIF89a")
     with pytest.raises(ValueError, match="not a PNG"):
         png_facts(tmp_path / "x.png")
+
+
+def test_layer_axes_get_integer_ticks(tmp_path):
+    fig, axes = subplots(1, 2, width=4.0, height=3.0)
+    axes[0, 0].plot([0, 1, 2, 3], [1, 2, 3, 4])
+    axes[0, 0].set(xlabel="layer", ylabel="effective rank")
+    axes[0, 1].plot([0, 0.5, 1], [1, 2, 3])
+    axes[0, 1].set(xlabel="relative depth")
+    save_figure(fig, tmp_path / "layers.png")
+    assert all(float(t).is_integer() for t in axes[0, 0].get_xticks())
+    assert not all(float(t).is_integer() for t in axes[0, 1].get_xticks())
+    assert not all(float(t).is_integer() for t in axes[0, 0].get_yticks())  # 1..4 in halves: left alone
+    plt.close(fig)

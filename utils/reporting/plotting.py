@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.text import Text
-from matplotlib.ticker import LogLocator
+from matplotlib.ticker import AutoLocator, LogLocator, MaxNLocator
 
 from utils.atomic_io import atomic_path
 from utils.reporting.index import CONTENT_WIDTH_PX
@@ -110,13 +110,22 @@ class SpectraAxes(Axes):
         _sparse_log_minor_ticks(self)
 
 
+def _integer_layer_ticks(ax) -> None:
+    """Layers are whole numbers: an axis labelled 'layer...' on a linear scale gets integer ticks."""
+    for axis, label in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
+        if label.startswith("layer") and axis.get_scale() == "linear" and isinstance(axis.get_major_locator(), AutoLocator):
+            axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def save_figure(fig, path: str | Path, close: bool = False) -> Path:
     """Save `fig` as PNG at `path` deterministically (no timestamp or software metadata), with text
-    no smaller than MIN_FONT_PT; in a Jupyter kernel also show that PNG and close the figure."""
+    no smaller than MIN_FONT_PT and integer ticks on axes labelled 'layer...'; in a Jupyter kernel
+    also show that PNG and close the figure."""
     path = Path(path)
     smallest = _raise_small_text(fig)
-    for ax in fig.axes:  # figures not made by `subplots`
-        _sparse_log_minor_ticks(ax)
+    for ax in fig.axes:
+        _sparse_log_minor_ticks(ax)  # figures not made by `subplots`
+        _integer_layer_ticks(ax)
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=DPI, bbox_inches="tight", format="png",
                 metadata={"Software": None, TEXT_SIZE_KEY: f"{smallest:g}"})

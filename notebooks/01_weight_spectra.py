@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -191,7 +191,7 @@ for line in findings:
     print("-", line)
 
 # %%
-report = Report(f"01 · Weight spectra — {loaded.params.name}")
+report = Report.for_notebook("01_weight_spectra", loaded)
 report.model_section(loaded)
 report.heading("Findings").bullets(findings)
 report.heading("Effective rank statistics by weight type").table(stats, digits=4)

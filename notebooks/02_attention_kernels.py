@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -219,7 +219,7 @@ for line in findings:
     print("-", line)
 
 # %%
-report = Report(f"02 · Attention kernels — {loaded.params.name}")
+report = Report.for_notebook("02_attention_kernels", loaded)
 report.model_section(loaded)
 report.heading("Findings").bullets(findings)
 report.heading("What the kernel is, and what it leaves out")

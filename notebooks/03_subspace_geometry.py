@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -306,7 +306,7 @@ for line in findings:
 verdicts[["experiment", "inputs", "verdict"]]
 
 # %%
-report = Report(f"03 · Subspace geometry — {loaded.params.name}")
+report = Report.for_notebook("03_subspace_geometry", loaded)
 report.model_section(loaded, **{"subspace rank k": K, "chance k/d": chance, "head": head})
 report.heading("Findings").bullets(findings)
 report.heading("The seed's verdicts by inputs", level=3)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -219,10 +219,8 @@ comparison
 # ## Findings
 
 # %%
-report = Report(f"04 · Representations: {loaded.params.name}")
-report.quantization_note(loaded.params)
-report.heading("Configuration")
-report.table({**loaded.describe(), "corpus": corpus, "tokens": stats.n_tokens,
+report = Report.for_notebook("04_representations", loaded)
+report.model_section(loaded, **{"corpus": corpus, "tokens": stats.n_tokens,
               "positions left out per window": skip_first,
               "windows": f"{n_sequences} x {seq_len}", "CKA estimator": cka_estimator, "CKA tokens per layer": n_cka,
               "logit-lens tokens": lens_df.n_tokens.iloc[0] if has_lens else "n/a (no LM head)"})

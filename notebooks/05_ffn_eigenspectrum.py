@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -297,7 +297,7 @@ for line in findings:
     print("-", line)
 
 # %%
-report = Report(f"05 · FFN eigenspectrum — {loaded.params.name}")
+report = Report.for_notebook("05_ffn_eigenspectrum", loaded)
 report.model_section(loaded)
 report.heading("Data").paragraph(
     f"Corpus `{corpus}`: {n_sequences} windows x {seq_len} tokens, the first {skip_first} position(s) of each "

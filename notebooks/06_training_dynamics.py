@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -359,8 +359,8 @@ findings = [
     "Caveat of scale: byte-level models of ~1M parameters trained for minutes on one seed; NerVE and "
     "Spectral Lens report 70M-1.5B models trained on billions of tokens. Treat agreements as consistency checks.",
 ]
-report = Report(f"06 · Training dynamics: {model} output folder (models trained here)")
-report.heading("Setup").table({"corpus": corpus, "layers": L, "width": hidden_size, "FFN width": intermediate_size,
+report = Report.for_notebook("06_training_dynamics", model, note="Small models trained here (below); the params name only names the output folder.")
+report.model_section(None, **{"corpus": corpus, "layers": L, "width": hidden_size, "FFN width": intermediate_size,
                                "norm": norm_placement, "positions": position_embedding, "steps (batch 16 equiv.)": steps,
                                "seq_len": seq_len, "lr": lr, "seed": seed, "tokens per run": tokens_budget,
                                "tokens in the spectra": f"all {eval_windows} x {seq_len} positions of the held-out "

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -188,8 +188,8 @@ for line in findings:
     print("-", line)
 
 # %%
-report = Report(f"07 · Model comparison — {reference.name}")
-report.heading("Models").table(summary)
+report = Report.for_notebook("07_model_comparison", reference).model_section(reference)
+report.heading("Models compared").table(summary)
 if skipped:
     report.paragraph("Not available offline, skipped:").bullets(skipped)
 report.heading("Findings").bullets(findings)

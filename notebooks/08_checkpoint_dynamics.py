@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -250,8 +250,8 @@ for line in findings:
 verdicts
 
 # %%
-report = Report(f"08 · Checkpoint dynamics — {params.name}")
-report.heading("Series").table({"series": series.description, "checkpoints": n_ck,
+report = Report.for_notebook("08_checkpoint_dynamics", params)
+report.model_section(None, **{"params": params.name, "series": series.description, "checkpoints": n_ck,
                                 "steps": ", ".join(map(str, steps)),
                                 "step from": ", ".join(sorted({c.step_from for c in series.checkpoints})),
                                 "eval losses": has_loss, "dtype": params.dtype, "device": params.device,

@@ -23,6 +23,7 @@ STAMP := $(VENV)/.installed
 
 report = $(OUTPUT)/$(1)/$(2)/report.md
 INDEX := $(OUTPUT)/index.md
+SCREENSHOT := $(OUTPUT)/index.png
 comma := ,
 
 .PHONY: run all test lint bench lab setup notebooks clean help
@@ -90,12 +91,16 @@ else
 INDEXED := $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
 endif
 
-run all: $(INDEX)
+run all: $(INDEX) $(SCREENSHOT)
 
 # The index of every report under $(OUTPUT) (index.md per model and overall, index.html), rewritten
 # after the notebooks of the goal and whenever a report changed.
 $(INDEX): $(INDEXED) $(wildcard $(OUTPUT)/*/*/report.md) utils/index.py utils/reporting/index.py
 	@$(PY) -m utils.index $(OUTPUT)
+
+# The README's screenshot of the index (headless Chromium when installed; one line otherwise).
+$(SCREENSHOT): $(INDEX)
+	@$(PY) -m utils.reporting.screenshot $(OUTPUT)
 
 ## Tests, benchmarks, lab -----------------------------------------------------------------------
 test: lint
@@ -107,8 +112,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
+# As root (containers, cloud notebooks) the server refuses to start without --allow-root.
 lab: $(STAMP) notebooks
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
-	rm -rf $(OUTPUT)/*/ $(OUTPUT)/index.md $(OUTPUT)/index.html notebooks/*.ipynb .pytest_cache
+	rm -rf $(OUTPUT)/*/ $(OUTPUT)/index.md $(OUTPUT)/index.html $(SCREENSHOT) notebooks/*.ipynb .pytest_cache

@@ -49,8 +49,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-models.txt pyprojec
 setup: $(STAMP)
 
 ## Notebooks ------------------------------------------------------------------------------------
+# With the language_info JupyterLab writes (the headers carry its kernelspec): opening one changes nothing.
 notebooks/%.ipynb: notebooks/%.py $(STAMP)
-	@$(PY) -m jupytext --quiet --to ipynb --output $@ $<
+	@$(PY) -m jupytext --quiet --to ipynb --update-metadata "$$($(PY) -m utils.reporting.lab_metadata)" --output $@ $<
 
 notebooks: $(NOTEBOOKS:%=notebooks/%.ipynb)
 

@@ -5,6 +5,9 @@ MIN_TEXT_PX high at the width the page shows it. And the notebooks as JupyterLab
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -13,8 +16,9 @@ import jupytext
 import pytest
 
 from tests.conftest import TESTS_DIR
-from utils.paths import NOTEBOOKS_DIR
+from utils.paths import NOTEBOOKS_DIR, REPO_ROOT
 from utils.reporting.index import CONTENT_WIDTH_PX, write_index
+from utils.reporting.lab_metadata import language_info
 from utils.reporting.plotting import MIN_TEXT_PX, TEXT_SIZE_KEY, png_facts, text_px_on_page
 
 TINY = str(TESTS_DIR / "params" / "tiny-llama.yaml")
@@ -94,9 +98,25 @@ def test_figure_text_is_legible_at_the_width_the_page_shows_it(pages):
 @pytest.mark.parametrize("source", sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.py")), ids=lambda p: p.stem)
 def test_notebooks_carry_the_kernelspec_jupyterlab_writes(source):
     """JupyterLab rewrites a kernelspec that differs from the kernel's own (and marks the notebook
-    modified as it opens): the .ipynb that jupytext writes must carry the installed python3's."""
+    modified as it opens, checked in headless Chromium): the headers carry the installed python3's."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     spec = KernelSpecManager().get_kernel_spec("python3")
     kernelspec = jupytext.read(source).metadata["kernelspec"]
     assert kernelspec == {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+
+
+def test_generated_notebooks_carry_the_language_info_jupyterlab_writes(tmp_path):
+    """The kernel's language_info, which JupyterLab also writes as a notebook opens, is added by
+    make's `notebooks/%.ipynb` rule (jupytext --update-metadata) from utils.reporting.lab_metadata."""
+    from ipykernel.ipkernel import IPythonKernel
+
+    assert language_info() == IPythonKernel.language_info
+    rule = (REPO_ROOT / "Makefile").read_text().split("notebooks/%.ipynb:")[1].split("\n\n")[0]
+    assert "--update-metadata" in rule and "utils.reporting.lab_metadata" in rule
+    target = tmp_path / "01.ipynb"
+    subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "--update-metadata",
+                    subprocess.check_output([sys.executable, "-m", "utils.reporting.lab_metadata"], text=True, cwd=REPO_ROOT),
+                    "--output", str(target), str(NOTEBOOKS_DIR / "01_weight_spectra.py")], check=True, cwd=REPO_ROOT)
+    metadata = json.loads(target.read_text())["metadata"]
+    assert metadata["language_info"] == IPythonKernel.language_info and metadata["kernelspec"]["name"] == "python3"

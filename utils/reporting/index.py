@@ -12,6 +12,8 @@ after the notebooks of every target.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import html
 import os
 import re
@@ -233,6 +235,23 @@ def write_index(output_root: str | Path, model: str | None = None) -> Path:
     only that model's pages and the overall index."""
     root = Path(output_root)
     root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / ".index.lock"):
+        return _write_pages(root, model)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (created), held while the pages are read and written: runs under
+    `make -j` refresh the indexes one at a time, so the last refresh sees every swapped-in folder."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_pages(root: Path, model: str | None) -> Path:
     models = collect(root)
     for name, results in models.items():
         if model is not None and name != model:

@@ -177,8 +177,7 @@ def model_index_markdown(model: str, results: list[NotebookResult], ext: str = "
 _STYLE = f"""body{{font-family:system-ui,sans-serif;max-width:{CONTENT_WIDTH_PX}px;margin:2em auto;padding:0 1em;line-height:1.45}}
 table{{border-collapse:collapse;font-size:.9em}}th,td{{border:1px solid #ccc;padding:.25em .5em;text-align:left}}
 img{{max-width:100%;height:auto}}code{{background:#f3f3f3;padding:0 .2em}}
-blockquote{{color:#555;border-left:3px solid #ccc;margin-left:0;padding-left:1em}}
-nav{{font-size:.9em;color:#555}}"""
+blockquote{{color:#555;border-left:3px solid #ccc;margin-left:0;padding-left:1em}}"""
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
@@ -267,7 +266,7 @@ def _write_pages(root: Path, model: str | None) -> Path:
 
 def _is_output_folder(folder: Path) -> bool:
     """<root>/<model>/NN_name/: a notebook's output folder."""
-    return bool(re.fullmatch(r"\d\d_\w+", folder.name)) and folder.parent.parent != folder.parent
+    return bool(re.fullmatch(r"\d\d_\w+", folder.name))
 
 
 def refresh(folder: str | Path) -> None:

@@ -94,6 +94,8 @@ def test_booleans_read_yes_and_no():
     text = Report("t").table(pd.DataFrame({"claim": ["a", "b"], "holds": [True, False], "n": [1, 2]})).text()
     assert "| yes " in text and "| no " in text and "True" not in text and "False" not in text
     assert "| holds      | yes     |" in Report("t").table({"holds": True}).text()
+    mixed = Report("t").table(pd.DataFrame({"x": ["a", None, 0.25]})).text()
+    assert "None" not in mixed and "0.25" in mixed
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -104,6 +104,9 @@ def markdown_safe(text: str) -> str:
 
 
 def _cell(value, digits: int):
+    """A table cell: integers as they are (tabulate aligns them), missing values empty, else `fmt`."""
+    if value is None or value is pd.NA:
+        return ""
     return value if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) else fmt(value, digits)
 
 

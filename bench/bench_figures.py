@@ -24,6 +24,7 @@ import papermill
 
 from utils.paths import NOTEBOOKS_DIR, REPO_ROOT
 
+_CLOCK_LINE = re.compile(r"BENCH_CPU ([0-9.e+-]+) ([0-9.e+-]+)")
 CLOCK = "import time as _bench_time; print('BENCH_CPU', _bench_time.process_time(), _bench_time.time())"
 
 
@@ -49,9 +50,7 @@ def cell_times(executed: Path) -> list[tuple[float, float]]:
     clocks = []
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
-            for line in "".join(out.get("text", "")).splitlines():
-                if line.startswith("BENCH_CPU"):
-                    clocks.append(tuple(map(float, line.split()[1:])))
+            clocks += [(float(cpu), float(wall)) for cpu, wall in _CLOCK_LINE.findall("".join(out.get("text", "")))]
     return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(clocks, clocks[1:])]
 
 

@@ -23,6 +23,7 @@ STAMP := $(VENV)/.installed
 
 report = $(OUTPUT)/$(1)/$(2)/report.md
 INDEX := $(OUTPUT)/index.md
+SCREENSHOT := $(OUTPUT)/index.png
 comma := ,
 
 .PHONY: run all test lint bench lab setup notebooks clean help
@@ -50,9 +51,10 @@ setup: $(STAMP)
 ## Notebooks ------------------------------------------------------------------------------------
 # Written under a name of this shell's own, then renamed: two makes of the same target never race
 # (jupytext's command line checks the paired files' timestamps and fails when another writes them).
+# With the language_info JupyterLab writes (the headers carry its kernelspec): opening one changes nothing.
 notebooks/%.ipynb: notebooks/%.py $(STAMP)
-	@tmp=notebooks/.$*.$$$$.ipynb; $(PY) -c "import sys, jupytext; jupytext.write(jupytext.read(sys.argv[1]), sys.argv[2])" \
-		$< $$tmp && mv -f $$tmp $@ || { rm -f $$tmp; exit 1; }
+	@tmp=notebooks/.$*.$$$$.ipynb; $(PY) -m jupytext --quiet --to ipynb --update-metadata "$$($(PY) -m utils.reporting.lab_metadata)" \
+		--output $$tmp $< && mv -f $$tmp $@ || { rm -f $$tmp; exit 1; }
 
 notebooks: $(NOTEBOOKS:%=notebooks/%.ipynb)
 
@@ -95,12 +97,16 @@ else
 INDEXED := $(foreach nb,$(NOTEBOOKS),$(call report,$(MODEL),$(nb)))
 endif
 
-run all: $(INDEX)
+run all: $(INDEX) $(SCREENSHOT)
 
 # The index of every report under $(OUTPUT) (index.md per model and overall, index.html), rewritten
 # after the notebooks of the goal and whenever a report changed.
 $(INDEX): $(INDEXED) $(wildcard $(OUTPUT)/*/*/report.md) utils/index.py utils/reporting/index.py
 	@$(PY) -m utils.index $(OUTPUT)
+
+# The README's screenshot of the index (headless Chromium when installed; one line otherwise).
+$(SCREENSHOT): $(INDEX)
+	@$(PY) -m utils.reporting.screenshot $(OUTPUT)
 
 ## Tests, benchmarks, lab -----------------------------------------------------------------------
 test: lint
@@ -112,8 +118,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
+# As root (containers, cloud notebooks) the server refuses to start without --allow-root.
 lab: $(STAMP) notebooks
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
-	rm -rf $(OUTPUT)/*/ $(OUTPUT)/index.md $(OUTPUT)/index.html notebooks/*.ipynb .pytest_cache
+	rm -rf $(OUTPUT)/*/ $(OUTPUT)/index.md $(OUTPUT)/index.html $(SCREENSHOT) notebooks/*.ipynb .pytest_cache

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -147,7 +147,7 @@ for line in sentences:
 
 # %%
 lo, hi = PRISMA_ALPHA_RANGE
-report = Report(f"01 · Weight spectra — {loaded.params.name}")
+report = Report.for_notebook("01_weight_spectra", loaded)
 report.model_section(loaded, analysed=subject)
 report.heading("Findings").bullets(sentences)
 report.heading("WeightWatcher summary (get_summary: means over matrices)").table(summary_table(findings), digits=4)

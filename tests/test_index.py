@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from utils.reporting.index import HEADLINE_FINDINGS, collect, read_result, write_index
+from utils.reporting.index import HEADLINE_FINDINGS, collect, read_result, refresh, write_index
 from utils.reporting.report import Report
 
 
@@ -21,7 +21,7 @@ def _report(folder, title, findings, figures=("a.png",), model=None):
     for name in figures:
         (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n")
         report.figure(folder / name, f"caption of {name}")
-    report.write(folder / "report.md")
+    report.write(folder / "report.md", index=False)  # the indexes are what these tests write
 
 
 @pytest.fixture
@@ -88,3 +88,38 @@ def test_index_html_links_and_images_resolve_on_disk(output):
 
 def test_empty_output_folder(tmp_path):
     assert "No notebook has written a report yet" in write_index(tmp_path / "output").read_text()
+
+
+def test_report_pages_link_back_to_the_indexes_and_to_their_files(output):
+    (output / "m1" / "01_a" / "weight_spectra.csv").write_text("a\n1\n")
+    (output / "m1" / "01_a" / "01_a.ipynb").write_text("{}")
+    (output / "m1" / "01_a" / "a [x]_*.npy").write_bytes(b"\x93NUMPY")
+    (output / "m1" / "01_a" / "checkpoints").mkdir()
+    write_index(output)
+    page = (output / "m1" / "01_a" / "report.html").read_text()
+    assert page.count('<a href="../index.html">m1 index</a>') == 2 and '<a href="../../index.html">all models</a>' in page
+    assert '<a href="01_a.ipynb">01_a.ipynb</a> (executed notebook' in page
+    assert '<a href="weight_spectra.csv">weight_spectra.csv</a> (table, 4 bytes)' in page
+    assert '<a href="a%20%5Bx%5D_*.npy">a [x]_*.npy</a> (array' in page and '<a href="checkpoints/">checkpoints/</a> (folder)' in page
+    assert "report.md</a>" not in page and ".staging" not in page
+    assert '<a href="first.png"><img src="first.png" alt="caption of first.png" /></a>' in page  # full size
+
+
+def test_model_facts_come_from_a_report_with_an_architecture(output):
+    _report(output / "m1" / "00_setup", "00 · Setup — m1", ["x"], model={"corpus": "bytes"})
+    row = next(line for line in write_index(output).read_text().splitlines() if line.startswith("| [m1]"))
+    assert "| llama (llama) |" in row
+
+
+def test_an_index_of_one_model_leaves_the_others(output):
+    write_index(output, model="m1")
+    assert (output / "m1" / "index.html").exists() and (output / "m1" / "01_a" / "report.html").exists()
+    assert not (output / "smollm2-135m" / "index.md").exists() and not (output / "smollm2-135m" / "01_a" / "report.html").exists()
+    assert "smollm2-135m/index.md" in (output / "index.md").read_text()  # the overall index lists every model
+
+
+def test_refresh_rewrites_one_output_folder_and_ignores_other_folders(output, tmp_path):
+    refresh(output / "m1" / "02_b")
+    assert (output / "m1" / "02_b" / "report.html").exists() and (output / "index.html").exists()
+    refresh(tmp_path)  # not <root>/<model>/NN_name: nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output"]

@@ -66,7 +66,7 @@ def test_a_failed_run_leaves_the_previous_outputs(tmp_path):
         assert _files(out) == {"table.csv": "tag\nfirst\n", "report.md": "# first\n"}  # not the second run's table
         failed = out / "99_staged.failed.ipynb"
         assert "failed halfway" in failed.read_text() and (out / "99_staged.ipynb").exists()
-        assert [p.name for p in out.parent.iterdir()] == ["99_staged"]  # no staging folder left behind
+        assert [p.name for p in out.parent.iterdir() if p.is_dir()] == ["99_staged"]  # no staging folder left behind
         execute_notebook(notebook, TINY, root, {"tag": "third"})
         assert _files(out) == {"table.csv": "tag\nthird\n", "report.md": "# third\n"} and not failed.exists()
     finally:
@@ -102,7 +102,7 @@ def _check_report(report):
 def test_papermill_cli_p_model(tmp_path, params_file):
     out = _papermill(tmp_path, "-p", "model", str(params_file))
     name = f"tiny-llama-override-{content_hash(yaml.safe_load(params_file.read_text()))}"  # a file outside params/
-    assert [p.name for p in out.iterdir()] == [name]
+    assert [p.name for p in out.iterdir() if p.is_dir()] == [name]  # beside the index files
     _check_report(out / name / "01_weight_spectra" / "report.md")
 
 
@@ -111,5 +111,5 @@ def test_papermill_cli_f_params_file(tmp_path, params_file):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path / "cache"))
         name = Path(params_file_model(yaml.safe_load(params_file.read_text()))).stem
-    assert name.startswith("random-llama-") and [p.name for p in out.iterdir()] == [name]  # not smollm2-135m
+    assert name.startswith("random-llama-") and [p.name for p in out.iterdir() if p.is_dir()] == [name]  # not smollm2-135m
     _check_report(out / name / "01_weight_spectra" / "report.md")

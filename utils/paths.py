@@ -66,7 +66,9 @@ def output_dir(params, notebook: str, output_root: str | Path = "output") -> Pat
     (so a kernel started in notebooks/ writes to the same place as `make`). `params` is a `Params`
     (its `.name`), a params name, or a path to a params file (named by `params_name`). Inside a run
     staged by `utils.run` (STAGE_ENV set), that run's own folder is replaced by its staging folder,
-    and the staged notebook's folder of another model or root raises StagingError."""
+    the staged notebook's folder of another model or root raises StagingError, and other notebooks'
+    folders (which a run only reads, as 07 reads 01's of every model it compares) are not created:
+    a run leaves no empty folder behind."""
     name = getattr(params, "name", None)
     if name is None:
         name = params_name(params) if str(params).endswith((".yaml", ".yml")) else str(params)
@@ -84,5 +86,6 @@ def output_dir(params, notebook: str, output_root: str | Path = "output") -> Pat
                 "would land outside the run. The model and the output root are utils.run's MODEL argument and "
                 "--output-root, not parameters (nor a params file's `notebooks:` overrides)."
             )
+        return path
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -340,7 +340,7 @@ def kernel_caveats(d_head: int, h: int, h_kv: int, scale: float) -> list[str]:
 def kernels_report(loaded, attn: AttentionWeights, spec: HeadSpectrum, survey: KernelSurvey,
                    down: DownProjectionSpectrum, findings: list[str], out) -> Report:
     """Notebook 02's report.md: findings, caveats, the head, all heads, W_down (figures in `out`)."""
-    report = Report(f"02 · Attention kernels — {loaded.params.name}")
+    report = Report.for_notebook("02_attention_kernels", loaded)
     report.model_section(loaded)
     report.heading("Findings").bullets(findings)
     report.heading("What the kernel is, and what it leaves out")

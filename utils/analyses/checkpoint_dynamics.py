@@ -535,8 +535,8 @@ def curves_figure(result: SeriesResult, steps: list[int], path: Path):
 def write_report(params: Params, series: Series, result: SeriesResult, found: CheckpointFindings,
                  verdicts: pd.DataFrame, out: Path) -> Path:
     p, ck = found.p, result.checkpoints
-    report = Report(f"08 · Checkpoint dynamics — {params.name}")
-    report.heading("Series").table({"series": series.description, "checkpoints": len(series.steps),
+    report = Report.for_notebook("08_checkpoint_dynamics", params)
+    report.model_section(None, **{"params": params.name, "series": series.description, "checkpoints": len(series.steps),
                                     "steps": ", ".join(map(str, series.steps)),
                                     "step from": ", ".join(sorted({c.step_from for c in series.checkpoints})),
                                     "eval losses": found.with_loss, "dtype": params.dtype, "device": params.device,

@@ -386,7 +386,7 @@ def _data_paragraph(loaded: LoadedModel, p: FFNParameters) -> str:
 
 
 def write_report(loaded: LoadedModel, fp: FFNPlan, found: FFNFindings, p: FFNParameters, out: Path) -> Path:
-    report = Report(f"05 · FFN eigenspectrum — {loaded.params.name}")
+    report = Report.for_notebook("05_ffn_eigenspectrum", loaded)
     report.model_section(loaded)
     report.heading("Data").paragraph(_data_paragraph(loaded, p))
     report.heading("Passes and memory").paragraph(

@@ -429,8 +429,8 @@ def plot_activation_profiles(profiles: ActivationProfiles):
 def comparison_report(model_set: ModelSet, cmp: ModelComparison, profiles: ActivationProfiles, findings: list[str],
                       out: Path) -> Report:
     """Notebook 07's report.md (figures in `out`)."""
-    report = Report(f"07 · Model comparison — {model_set.reference.name}")
-    report.heading("Models").table(cmp.summary)
+    report = Report.for_notebook("07_model_comparison", model_set.reference).model_section(model_set.reference)
+    report.heading("Models compared").table(cmp.summary)
     if model_set.skipped:
         report.paragraph("Not available offline, skipped:").bullets(model_set.skipped)
     report.heading("Findings").bullets(findings)

@@ -384,10 +384,8 @@ def embedding_figure(embedding: EmbeddingComparison, path: Path):
 
 def write_report(loaded: LoadedModel, run: RepresentationPass, spectra: pd.DataFrame, found: RepresentationFindings,
                  p: RepresentationsParameters, out: Path) -> Path:
-    report = Report(f"04 · Representations: {loaded.params.name}")
-    report.quantization_note(loaded.params)
-    report.heading("Configuration")
-    report.table({**loaded.describe(), "corpus": p.corpus, "tokens": run.stats.n_tokens,
+    report = Report.for_notebook("04_representations", loaded)
+    report.model_section(loaded, **{"corpus": p.corpus, "tokens": run.stats.n_tokens,
                   "positions left out per window": p.skip_first,
                   "windows": f"{p.n_sequences} x {p.seq_len}", "CKA estimator": p.cka_estimator,
                   "CKA tokens per layer": run.n_cka,

@@ -614,7 +614,7 @@ def subspace_report(loaded, overlap: LayerOverlap, conv: Convergence, align: FFN
                     verdicts: SeedVerdicts, findings: list[str], out: Path) -> Report:
     """Notebook 03's report.md (figures in `out`)."""
     setup, ref = overlap.setup, conv.ref
-    report = Report(f"03 · Subspace geometry — {loaded.params.name}")
+    report = Report.for_notebook("03_subspace_geometry", loaded)
     report.model_section(loaded, **{"subspace rank k": setup.k, "chance k/d": setup.chance, "head": setup.head})
     report.heading("Findings").bullets(findings)
     report.heading("The seed's verdicts by inputs", level=3)

@@ -448,8 +448,9 @@ def _setup_table(p: TrainingParameters) -> dict:
 
 
 def write_report(model: str, p: TrainingParameters, found: TrainingFindings, sweeps: pd.DataFrame, out: Path) -> Path:
-    report = Report(f"06 · Training dynamics: {model} output folder (models trained here)")
-    report.heading("Setup").table(_setup_table(p))
+    report = Report.for_notebook("06_training_dynamics", model,
+                                 note="Small models trained here (below); the params name only names the output folder.")
+    report.model_section(None, **_setup_table(p))
     report.heading("Findings").bullets(found.sentences())
     report.heading("Activation sweep: Pearson r of layer-mean metric with eval loss").table(found.corr.reset_index(),
                                                                                              digits=3)

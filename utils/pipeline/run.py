@@ -55,6 +55,7 @@ from utils.models.sources import ModelUnavailableError, check_available, check_d
 from utils.paths import NOTEBOOKS_DIR, REPO_ROOT, STAGE_ENV
 from utils.pipeline.notebook_parameters import parameter_types, parameters_cell
 from utils.pipeline.parameter_rules import check_parameters
+from utils.reporting.index import refresh
 
 # What a notebook needs of its params file's model (default: its weights): 06 trains its own models
 # (the params name only names its folder); 08 loads checkpoints with the params file's device.
@@ -160,6 +161,7 @@ def execute_notebook(notebook: str | Path, model, output_root: str | Path = "out
     except BaseException as err:
         _keep_executed(executed, out, name, _interruption(err) is not None)
         shutil.rmtree(staging, ignore_errors=True)
+        refresh(out)  # the index marks the failed or interrupted run
         signum = _interruption(err)
         if signum is not None and not isinstance(err, RunInterrupted):
             raise RunInterrupted(signum) from None
@@ -167,7 +169,9 @@ def execute_notebook(notebook: str | Path, model, output_root: str | Path = "out
     try:
         _swap_in(staging, out)
     except KeyboardInterrupt as err:  # a signal held back during the swap lands here: the run is complete
+        refresh(out)
         raise RunInterrupted(getattr(err, "signum", signal.SIGINT), completed=True) from None
+    refresh(out)  # report.html with every file of the run, its model's index, the overall index
     return out
 
 

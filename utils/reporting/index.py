@@ -12,18 +12,28 @@ after the notebooks of every target.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import html
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from markdown_it import MarkdownIt
+
 from utils.atomic_io import write_text
 from utils.models.params import ParamsError, load_params
+from utils.paths import STAGE_ENV
 
 HEADLINE_FINDINGS = 3  # findings per report in the overall index (each model's index has them all)
 MODEL_COLUMNS = ("architecture", "layers (L)", "hidden size (d)", "parameters", "quantization of source", "source")
 _FIGURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+_LONE_FIGURE = re.compile(r"(?<!\[)!\[([^\]]*)\]\(([^)\s]+)\)")  # an image not already inside a link
+CONTENT_WIDTH_PX = 1100  # the widest a page shows a figure (body max-width; utils.reporting.plotting sizes for it)
+FILE_KINDS = {".csv": "table", ".npy": "array", ".npz": "arrays", ".json": "data", ".ipynb": "executed notebook",
+              ".md": "markdown", ".png": "figure"}
 
 
 @dataclass
@@ -67,12 +77,13 @@ def _table(lines: list[str]) -> dict[str, str]:
     return table
 
 
-def read_result(folder: Path) -> NotebookResult:
+def read_result(folder: Path, notebook: str | None = None) -> NotebookResult:
     """Title, findings (the bullets of its Findings section), first figure and model table of the
-    report in `folder`."""
+    report in `folder`, the output folder of `notebook` (default: the folder's name)."""
     folder = Path(folder)
-    result = NotebookResult(folder.name, folder, failed=(folder / f"{folder.name}.failed.ipynb").exists(),
-                            interrupted=(folder / f"{folder.name}.interrupted.ipynb").exists())
+    notebook = notebook or folder.name
+    result = NotebookResult(notebook, folder, failed=(folder / f"{notebook}.failed.ipynb").exists(),
+                            interrupted=(folder / f"{notebook}.interrupted.ipynb").exists())
     if not result.has_report:
         return result
     text = _read_report(folder / "report.md")
@@ -121,7 +132,7 @@ def model_table(models: dict[str, list[NotebookResult]], ext: str = ".md", prefi
     header = ["model", "description", *MODEL_COLUMNS, "notebooks"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, results in models.items():
-        facts = next((r.model_table for r in results if r.model_table), {})
+        facts = next((r.model_table for r in results if "architecture" in r.model_table), {})
         row = [f"[{model}]({prefix}{model}/index{ext})", _description(model),
                *(facts.get(c, "") for c in MODEL_COLUMNS), str(sum(r.has_report for r in results))]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
@@ -174,35 +185,124 @@ def model_index_markdown(model: str, results: list[NotebookResult], ext: str = "
     return "\n".join(out).rstrip() + "\n"
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
-table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left}
-img{max-width:100%;height:auto}code{background:#f3f3f3;padding:0 .2em}
-blockquote{color:#555;border-left:3px solid #ccc;margin-left:0;padding-left:1em}"""
+_STYLE = f"""body{{font-family:system-ui,sans-serif;max-width:{CONTENT_WIDTH_PX}px;margin:2em auto;padding:0 1em;line-height:1.45}}
+table{{border-collapse:collapse;font-size:.9em}}th,td{{border:1px solid #ccc;padding:.25em .5em;text-align:left}}
+img{{max-width:100%;height:auto}}code{{background:#f3f3f3;padding:0 .2em}}
+blockquote{{color:#555;border-left:3px solid #ccc;margin-left:0;padding-left:1em}}"""
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def render_html(markdown: str, title: str) -> str:
-    """A standalone HTML page of `markdown` (CommonMark plus tables; raw HTML is escaped)."""
-    from markdown_it import MarkdownIt
-
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    """A standalone HTML page of `markdown` (CommonMark plus tables; raw HTML is escaped); every
+    image not already in a link links to itself, to be opened at full size."""
+    body = _MARKDOWN.render(_LONE_FIGURE.sub(r"[![\1](\2)](\2)", markdown))
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
 
 
-def write_index(output_root: str | Path) -> Path:
-    """Write every index file (see the module doc); return <output_root>/index.md."""
+def _size(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _escaped(text: str) -> str:
+    """`text` with the characters markdown would read as markup backslash-escaped."""
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)
+
+
+def _link(name: str) -> str:
+    return f"[{_escaped(name)}](<{name}>)"
+
+
+def files_section(folder: Path) -> str:
+    """Markdown bullets linking every file (and sub-folder) of a notebook's output folder but its
+    report and hidden files: tables, arrays, the executed notebook, figures."""
+    lines = []
+    for path in sorted(Path(folder).iterdir(), key=lambda p: (p.is_dir(), p.suffix != ".ipynb", p.suffix, p.name)):
+        if path.name.startswith(".") or path.name in ("report.md", "report.html"):
+            continue
+        if path.is_dir():
+            lines.append(f"- {_link(path.name + '/')} (folder)")
+        else:
+            kind = FILE_KINDS.get(path.suffix, path.suffix.lstrip(".") or "file")
+            lines.append(f"- {_link(path.name)} ({kind}, {_size(path.stat().st_size)})")
+    return "\n".join(["## Files", "", *lines, ""]) if lines else ""
+
+
+def report_page_markdown(result: NotebookResult) -> str:
+    """A report as its HTML page shows it: links to its model's and the overall index, the
+    report, then its folder's files."""
+    model = result.folder.parent.name
+    nav = f"[{_escaped(model)} index](../index.html) · [all models](../../index.html)"
+    text = _read_report(result.folder / "report.md")
+    return "\n\n".join(part for part in (nav, text.rstrip(), files_section(result.folder), nav) if part) + "\n"
+
+
+def write_index(output_root: str | Path, model: str | None = None) -> Path:
+    """Write every index file (see the module doc); return <output_root>/index.md. With `model`,
+    only that model's pages and the overall index."""
     root = Path(output_root)
     root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / ".index.lock"):
+        return _write_pages(root, model)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (created), held while the pages are read and written: runs under
+    `make -j` refresh the indexes one at a time, so the last refresh sees every swapped-in folder."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_pages(root: Path, model: str | None) -> Path:
     models = collect(root)
-    for model, results in models.items():
-        write_text(root / model / "index.md", model_index_markdown(model, results))
-        write_text(root / model / "index.html", render_html(model_index_markdown(model, results, ".html"), model))
+    for name, results in models.items():
+        if model is not None and name != model:
+            continue
+        write_text(root / name / "index.md", model_index_markdown(name, results))
+        write_text(root / name / "index.html", render_html(model_index_markdown(name, results, ".html"), name))
         for r in results:
             if r.has_report:
-                text = _read_report(r.folder / "report.md")
-                write_text(r.folder / "report.html", render_html(text, r.title))
+                write_text(r.folder / "report.html", render_html(report_page_markdown(r), r.title))
     write_text(root / "index.html", render_html(index_markdown(models, ".html"), "transformer-spectra results"))
     return write_text(root / "index.md", index_markdown(models))
+
+
+def _is_output_folder(folder: Path) -> bool:
+    """<root>/<model>/NN_name/: a notebook's output folder."""
+    return bool(re.fullmatch(r"\d\d_\w+", folder.name))
+
+
+def refresh(folder: str | Path) -> None:
+    """Rewrite the pages of one notebook output folder <root>/<model>/NN_name/: its report.html,
+    its model's index and the overall index (other models' pages are left as they are). A folder
+    not laid out so is left alone."""
+    folder = Path(folder).absolute()
+    if _is_output_folder(folder) and folder.is_dir():
+        write_index(folder.parent.parent, model=folder.parent.name)
+
+
+def refresh_for_report(report: str | Path) -> None:
+    """After a report.md is written: inside a run staged by `utils.run` (its folder is the staging
+    folder of STAGE_ENV), render its report.html only, and `utils.run` refreshes the indexes once
+    the folder is swapped in; elsewhere (JupyterLab, nbconvert) `refresh` its folder."""
+    report = Path(report).absolute()
+    final, sep, staging = os.environ.get(STAGE_ENV, "").partition(os.pathsep)
+    if sep and Path(staging).absolute() == report.parent:
+        result = read_result(report.parent, Path(final).name)
+        write_text(report.with_name("report.html"), render_html(report_page_markdown(result), result.title))
+    elif _is_output_folder(report.parent):
+        refresh(report.parent)
+    else:
+        result = read_result(report.parent)
+        write_text(report.with_name("report.html"), render_html(report.read_text(encoding="utf-8"), result.title))
 
 
 def main(argv: list[str] | None = None) -> int:

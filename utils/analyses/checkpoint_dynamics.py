@@ -494,7 +494,8 @@ def heatmaps_figure(trajectory: pd.DataFrame, path: Path):
     fig, axes = subplots(2, math.ceil(len(shown) / 2), width=4.2, height=3.0)
     for ax, metric in zip(axes.flat, shown):
         M, layers, cols = layer_step_matrix(trajectory, metric)
-        heatmap(ax, M, metric, "step", "layer")
+        # act.* rows are residual states 0..L+1 (embeddings .. final norm); the others are blocks 0..L-1
+        heatmap(ax, M, metric, "step", "residual state" if metric.startswith("act.") else "block")
         ticks = np.linspace(0, len(cols) - 1, min(5, len(cols))).astype(int)
         ax.set_xticks(ticks, cols[ticks])
         ax.set_yticks(range(len(layers)), layers)
@@ -546,7 +547,7 @@ def write_report(params: Params, series: Series, result: SeriesResult, found: Ch
     report.heading("Findings").bullets(found.sentences())
     report.heading("Verdicts").table(verdicts)
     report.heading("Checkpoints").table(ck, digits=5)
-    report.figure(out / "heatmaps.png", "layers x steps: NerVE metrics, activation effective rank, FFN input weight "
-                  "effective rank")
+    report.figure(out / "heatmaps.png", "layers x steps: NerVE metrics and FFN input weight effective rank by block "
+                  "(0..L-1); activation effective rank by residual state (0 = embeddings .. L+1 = after the final norm)")
     report.figure(out / "curves.png", "layer means against the step")
     return report.write(out / "report.md")

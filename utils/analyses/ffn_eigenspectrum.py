@@ -314,22 +314,23 @@ def findings(loaded: LoadedModel, spectra: FFNSpectra, fp: FFNPlan, p: FFNParame
 def metrics_by_depth_figure(df: pd.DataFrame, max_rank: int, title: str, path: Path):
     """SE (bound ln max_rank, dotted), PR, EEE pre vs post, and the PR gain, by layer."""
     panels = [("se", "spectral entropy SE", math.log(max_rank)), ("pr", "participation ratio PR", None),
-              ("eee", "early eigenvalue enrichment EEE", None)]
+              ("eee", "early eigenvalue enrichment EEE", None)]  # SE's bound: ln of the largest numerical rank
     fig, axes = subplots(1, 4, width=3.6, height=3.2)
     for ax, (key, name, bound) in zip(axes.flat, panels):
         ax.plot(df.layer, df[f"{key}_pre"], marker=".", label="pre")
         ax.plot(df.layer, df[f"{key}_post"], marker=".", label="post")
         if bound is not None:
-            ax.axhline(bound, color="gray", linestyle=":", linewidth=1)
+            ax.axhline(bound, color="gray", linestyle=":", linewidth=1, label=f"maximum ln {max_rank}")
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("layer")
-    axes.flat[0].legend(fontsize=8)
+        ax.set(xlabel="layer", ylabel=key.upper())
+    axes.flat[0].legend(fontsize=8)  # pre, post and the bound
     ax = axes.flat[3]
     ax.plot(df.layer, df.pr_gain, marker=".", color="C2")
-    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="no gain")
     ax.set_yscale("log")
     ax.set_title("PR gain post / pre", fontsize=10)
-    ax.set_xlabel("layer")
+    ax.set(xlabel="layer", ylabel="PR post / PR pre")
+    ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
@@ -362,7 +363,7 @@ def selected_spectra_figure(spectra: FFNSpectra, layers: list[int], path: Path):
         ax.set_title(f"layer {i}: PR {r.pr_pre:.0f} -> {r.pr_post:.0f}, JS {r.js:.3f}", fontsize=9)
         ax.set_xlabel("rank k")
     axes.flat[0].set_ylabel("lambda_k / sum lambda")
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=8)  # pre, post and the bound
     fig.tight_layout()
     save_figure(fig, path)
     return fig

@@ -24,8 +24,8 @@ def check_similarity(S: np.ndarray, L: int):
 
 
 @pytest.mark.parametrize("params", tiny_models, ids=tiny_model_ids)
-def test_notebook_03(run_notebook, params):
-    out = run_notebook("03_subspace_geometry", params, k=K)
+def test_notebook_03(tmp_path, params):
+    out = execute_notebook("03_subspace_geometry", params, tmp_path, dict(k=K))  # its own root: no notebook 04 outputs
     loaded = load_model(params)
     dims = loaded.dims
     for name in ("subspace_similarity", "subspace_similarity_head0", "subspace_similarity_query",

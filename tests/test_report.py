@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from utils.atomic_io import atomic_path, save_npy, unique_path, write_csv, write_text
-from utils.paths import REPO_ROOT, STAGE_ENV, output_dir
+from utils.paths import REPO_ROOT, STAGE_ENV, StagingError, output_dir
 from utils.reporting.index import render_html
 from utils.reporting.plotting import save_figure, subplots
 from utils.reporting.report import Report, fmt, markdown_safe, notebook_title
@@ -82,11 +82,12 @@ def test_output_dir_of_a_staged_run(tmp_path, monkeypatch):
     monkeypatch.setenv(STAGE_ENV, f"{tmp_path / 'm' / '01_x'}{os.pathsep}{staging}")
     assert output_dir("m", "01_x", tmp_path) == staging
     assert not (tmp_path / "m" / "01_x").exists()  # the run's own folder is swapped in by utils.run
-    assert output_dir("m", "02_y", tmp_path) == tmp_path / "m" / "02_y"  # other notebooks' folders as usual
-    assert output_dir("other/m.yaml", "01_x", tmp_path) == staging  # a params path is named by its stem
-    assert output_dir("gemma", "01_x", tmp_path) == tmp_path / "gemma" / "01_x"  # read by the run (07) ...
+    assert output_dir("m", "02_y", tmp_path) == tmp_path / "m" / "02_y"  # other notebooks' folders, read by the run
+    assert output_dir("gemma", "02_y", tmp_path) == tmp_path / "gemma" / "02_y"  # (07 reads 01 of every model) ...
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # ... and not created: no empty folders
     assert [p.name for p in (tmp_path / "m").iterdir()] == [staging.name]
+    with pytest.raises(StagingError, match="outside the run"):  # the staged notebook for another model
+        output_dir("gemma", "01_x", tmp_path)
 
 
 def test_booleans_read_yes_and_no():

@@ -107,7 +107,8 @@ def test_a_staged_kernel_cannot_write_its_notebook_elsewhere(tmp_path, monkeypat
         output_dir(load_params(GPT2), "99_probe", tmp_path / "out")  # another model
     with pytest.raises(StagingError):
         output_dir(load_params(TINY), "99_probe", tmp_path / "elsewhere")  # another root
-    assert output_dir(load_params(GPT2), "01_weight_spectra", tmp_path / "out").is_dir()  # reading other notebooks
+    other = output_dir(load_params(GPT2), "01_weight_spectra", tmp_path / "out")  # reading other notebooks' folders
+    assert other == tmp_path / "out" / "tiny-gpt2" / "01_weight_spectra" and not other.exists()  # not created
 
 
 def test_a_run_that_wrote_nothing_does_not_replace_the_outputs(tmp_path, probe):
@@ -252,7 +253,7 @@ def test_a_sigkilled_run_leaves_a_folder_the_next_run_removes(tmp_path, probe):
     model_dir = tmp_path / "out" / "tiny-llama"
     assert any(p.name.startswith(".99_probe.staging-") for p in model_dir.iterdir())
     run.execute_notebook(probe, TINY, tmp_path / "out")
-    assert [p.name for p in model_dir.iterdir()] == ["99_probe"]
+    assert [p.name for p in model_dir.iterdir() if p.is_dir()] == ["99_probe"]  # the stale staging folder is gone
 
 
 def _wait_for(marker: Path, child: subprocess.Popen, limit: float = 120) -> None:
@@ -278,7 +279,7 @@ def test_an_interrupted_run_says_one_line_and_is_not_a_failure(tmp_path, probe, 
     assert stderr.strip().count("\n") == 0 and "interrupted" in stderr and "previous outputs kept" in stderr, stderr
     assert (first / "table.csv").read_text() == "tag\nprevious\n"
     assert not (first / "99_probe.failed.ipynb").exists()
-    assert [p.name for p in first.parent.iterdir()] == ["99_probe"]
+    assert [p.name for p in first.parent.iterdir() if p.is_dir()] == ["99_probe"]  # beside the index files
     (first / "report.md").write_text("# probe\n\n## Findings\n\n- one\n")
     result = read_result(first)  # papermill saves the executed notebook at every cell: it exists
     assert result.interrupted and (first / "99_probe.interrupted.ipynb").exists() and not result.failed

@@ -68,7 +68,9 @@ def test_make_all_runs_07_after_the_models_it_compares(tmp_path):
     available, skipped = available_models(models_for_all(utils.models.params.available_params()))
     assert done.stderr.count("skip ") == len(skipped)  # one line per unavailable model, once
     assert {model for _, model in runs} == set(available)
-    assert done.stdout.rstrip().splitlines()[-1].endswith(f"utils.index {tmp_path}")
+    lines = done.stdout.rstrip().splitlines()
+    index = [i for i, line in enumerate(lines) if line.endswith(f"utils.index {tmp_path}")]
+    assert index and index[0] > max(i for i, line in enumerate(lines) if "utils.run " in line)  # the index comes last
     for model in available:
         position = runs.index(("07_model_comparison", model))
         for other in compared_models(model):

@@ -57,6 +57,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from utils.engine.activations import ActivationStats
 from utils.engine.corpus import TokenSample
+from utils.engine.representations import add_lens_terms, lens_frame
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype
 from utils.metrics.gram_route import gram_eigenvalues, prefer_gram
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, get_adapter
@@ -658,15 +659,7 @@ class LayerwiseLogitLens(LayerConsumer):
         ranks = torch.empty(L + 1, tgt.numel(), dtype=torch.long)
         for j in range(L + 1):
             z = final if j == L else head.logits(head.final_norm(rows[j])).float()
-            lse = torch.logsumexp(z, -1)
-            z_max, top = z.max(-1)
-            z_t = z.gather(1, tgt[:, None])
-            self.sums[0, j] += float((lse - torch.linalg.vecdot(z.softmax(-1), z)).sum())
-            self.sums[1, j] += float(torch.exp(z_max - lse).sum())
-            self.sums[2, j] += float((top == top_f).sum())
-            self.sums[3, j] += float((neg_entropy_f - torch.linalg.vecdot(p_f, z) + lse).clamp_min(0).sum())
-            self.sums[4, j] += float((lse - z_t[:, 0]).sum())
-            ranks[j] = ((z > z_t).sum(-1) + 1).cpu()
+            ranks[j] = add_lens_terms(self.sums[:, j], z, p_f, top_f, neg_entropy_f, tgt)
         self.ranks.append(ranks)
         self.count += tgt.numel()
 
@@ -674,13 +667,7 @@ class LayerwiseLogitLens(LayerConsumer):
         """As `LogitLens.result`: one row per layer 0..L."""
         if self.count == 0:
             raise ValueError("the logit lens saw no positions")
-        means = (self.sums / self.count).numpy()
-        ranks = torch.cat(self.ranks, dim=1).numpy()
-        return pd.DataFrame({
-            "layer": np.arange(means.shape[1]), "entropy": means[0], "top1_prob": means[1],
-            "median_rank": np.median(ranks, axis=1), "agreement": means[2], "kl_to_final": means[3],
-            "cross_entropy": means[4], "n_tokens": self.count,
-        })
+        return lens_frame(self.sums, self.ranks, self.count)
 
 
 # --- today's ActivationStats, layer-major --------------------------------------------------------------

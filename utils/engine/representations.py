@@ -71,15 +71,7 @@ class LogitLens:
                 # With lse = log sum exp z: H = lse - sum p z, top-1 = exp(max z - lse),
                 # KL(p_f || p) = sum p_f log p_f - sum p_f z + lse, CE = lse - z_target.
                 z = final if j == L else self._logits(batch.residual[j].reshape(-1, d)[rows], False)
-                lse = torch.logsumexp(z, -1)
-                z_max, top = z.max(-1)
-                z_t = z.gather(1, tgt[:, None])  # (c, 1)
-                self.sums[0, j] += float((lse - torch.linalg.vecdot(z.softmax(-1), z)).sum())
-                self.sums[1, j] += float(torch.exp(z_max - lse).sum())
-                self.sums[2, j] += float((top == top_f).sum())
-                self.sums[3, j] += float((neg_entropy_f - torch.linalg.vecdot(p_f, z) + lse).clamp_min(0).sum())
-                self.sums[4, j] += float((lse - z_t[:, 0]).sum())
-                ranks[j] = ((z > z_t).sum(-1) + 1).cpu()
+                ranks[j] = add_lens_terms(self.sums[:, j], z, p_f, top_f, neg_entropy_f, tgt)
             self.ranks.append(ranks)
             self.count += rows.numel()
 
@@ -87,15 +79,38 @@ class LogitLens:
         """One row per layer 0..L: layer, entropy, top1_prob, median_rank, agreement, kl_to_final, cross_entropy."""
         if self.count == 0:
             raise ValueError("the logit lens saw no positions")
-        means = (self.sums / self.count).numpy()
-        ranks = torch.cat(self.ranks, dim=1).numpy()  # (L + 1, n_tokens)
-        return pd.DataFrame({
-            "layer": np.arange(means.shape[1]),
-            "entropy": means[0], "top1_prob": means[1],
-            "median_rank": np.median(ranks, axis=1),
-            "agreement": means[2], "kl_to_final": means[3], "cross_entropy": means[4],
-            "n_tokens": self.count,
-        })
+        return lens_frame(self.sums, self.ranks, self.count)
+
+
+def add_lens_terms(sums: torch.Tensor, z: torch.Tensor, p_final: torch.Tensor, top_final: torch.Tensor,
+                   neg_entropy_final: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Add one layer's logit-lens sums over c positions to `sums` (5,) and return the ranks (c,) of
+    the correct tokens. With z (c, V) the layer's logits and lse = log sum exp z: entropy
+    H = lse - sum p z, top-1 probability exp(max z - lse), agreement [argmax z = argmax z_final],
+    KL(p_final || p) = sum p_f log p_f - sum p_f z + lse, cross-entropy CE = lse - z_target."""
+    lse = torch.logsumexp(z, -1)
+    z_max, top = z.max(-1)
+    z_t = z.gather(1, target[:, None])  # (c, 1)
+    sums[0] += float((lse - torch.linalg.vecdot(z.softmax(-1), z)).sum())
+    sums[1] += float(torch.exp(z_max - lse).sum())
+    sums[2] += float((top == top_final).sum())
+    sums[3] += float((neg_entropy_final - torch.linalg.vecdot(p_final, z) + lse).clamp_min(0).sum())
+    sums[4] += float((lse - z_t[:, 0]).sum())
+    return ((z > z_t).sum(-1) + 1).cpu()
+
+
+def lens_frame(sums: torch.Tensor, ranks: list[torch.Tensor], count: int) -> pd.DataFrame:
+    """One row per layer 0..L: layer, entropy, top1_prob, median_rank, agreement, kl_to_final,
+    cross_entropy, n_tokens, from the sums (5, L + 1) and rank chunks (L + 1, c) of `count` positions."""
+    means = (sums / count).numpy()
+    ranks = torch.cat(ranks, dim=1).numpy()  # (L + 1, n_tokens)
+    return pd.DataFrame({
+        "layer": np.arange(means.shape[1]),
+        "entropy": means[0], "top1_prob": means[1],
+        "median_rank": np.median(ranks, axis=1),
+        "agreement": means[2], "kl_to_final": means[3], "cross_entropy": means[4],
+        "n_tokens": count,
+    })
 
 
 class Drift:

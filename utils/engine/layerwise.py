@@ -57,7 +57,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from utils.engine.activations import ActivationStats
 from utils.engine.corpus import TokenSample
-from utils.engine.representations import add_lens_terms, lens_frame
+from utils.engine.representations import add_lens_terms, final_lens_terms, lens_frame
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype
 from utils.metrics.gram_route import gram_eigenvalues, prefer_gram
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, get_adapter
@@ -654,8 +654,7 @@ class LayerwiseLogitLens(LayerConsumer):
         """The sums of `LogitLens.__call__` for one chunk (rows[j]: (c, d) of state j)."""
         L = self.L
         final = head.logits(rows[L + 1]).float()  # (c, V)
-        p_f, top_f = final.softmax(-1), final.argmax(-1)
-        neg_entropy_f = torch.linalg.vecdot(p_f, final) - torch.logsumexp(final, -1)
+        p_f, top_f, neg_entropy_f = final_lens_terms(final)
         ranks = torch.empty(L + 1, tgt.numel(), dtype=torch.long)
         for j in range(L + 1):
             z = final if j == L else head.logits(head.final_norm(rows[j])).float()

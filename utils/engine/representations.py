@@ -63,9 +63,7 @@ class LogitLens:
         L, d = self.adapter.dims.L, batch.residual[0].shape[-1]
         for rows, tgt in zip(pos.split(self.chunk), targets.split(self.chunk)):
             final = self._logits(batch.residual[L + 1].reshape(-1, d)[rows], True)  # (c, V)
-            p_f = final.softmax(-1)
-            top_f = final.argmax(-1)
-            neg_entropy_f = torch.linalg.vecdot(p_f, final) - torch.logsumexp(final, -1)  # sum p_f log p_f
+            p_f, top_f, neg_entropy_f = final_lens_terms(final)
             ranks = torch.empty(L + 1, rows.numel(), dtype=torch.long)
             for j in range(L + 1):
                 # With lse = log sum exp z: H = lse - sum p z, top-1 = exp(max z - lse),
@@ -80,6 +78,13 @@ class LogitLens:
         if self.count == 0:
             raise ValueError("the logit lens saw no positions")
         return lens_frame(self.sums, self.ranks, self.count)
+
+
+def final_lens_terms(final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What every layer's lens terms compare with, from the final logits (c, V): p_final, its
+    argmax, and sum p_final log p_final = sum p_final z_final - log sum exp z_final."""
+    p_f = final.softmax(-1)
+    return p_f, final.argmax(-1), torch.linalg.vecdot(p_f, final) - torch.logsumexp(final, -1)
 
 
 def add_lens_terms(sums: torch.Tensor, z: torch.Tensor, p_final: torch.Tensor, top_final: torch.Tensor,

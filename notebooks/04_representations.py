@@ -25,7 +25,7 @@
 # %%
 import pandas as pd
 
-from utils import load_model, output_dir
+from utils import open_model, output_dir
 from utils.analyses import representations as rep
 from utils.atomic_io import save_npy, write_csv
 from utils.engine.representations import activation_spectra
@@ -52,21 +52,23 @@ apply_params_file(globals(), "04_representations")  # papermill -f params/<name>
 
 # %%
 p = rep.RepresentationsParameters.from_namespace(globals())  # bounds checked before the model loads
-loaded = load_model(model)
+loaded = open_model(model)  # the checkpoint opened for the layer-major engine (no tensor read yet)
 out = output_dir(loaded.params, "04_representations", output_root)
 L, d, V = loaded.dims.L, loaded.dims.d, loaded.dims.V
 
 # %% [markdown]
-# ## 1. One pass over the text
-# The engine streams the model once: covariances of every residual state, `keep_samples` tokens
-# per layer for CKA, and two per-batch consumers, the logit lens and the drift, in the same
-# forward pass. Encoder-only models have no LM head: the logit lens is skipped for them.
+# ## 1. One pass over the text, block by block
+# The layer-major engine (`utils.engine.layerwise`) runs the model one block at a time over the
+# whole token sample, reading each block's weights from the checkpoint when it is reached and
+# freeing them after (memory of one block, not the model): covariances of every residual state,
+# `keep_samples` tokens per layer for CKA, the logit lens, the drift and the embedding's
+# covariance, all in the same pass. Encoder-only models have no LM head: the logit lens is skipped.
 
 # %%
 run = rep.measure(loaded, p)
 print(f"{loaded.params.name}: L={L}, d={d}, V={V}; {run.tokens.n_tokens} tokens of '{corpus}'")
 print(f"{run.stats.n_tokens} tokens accumulated ({'cached statistics' if run.stats.from_cache else 'computed'}); "
-      f"{run.n_cka} tokens per layer for CKA")
+      f"{run.n_cka} tokens per layer for CKA; weights {run.engine}")
 
 # %% [markdown]
 # ## 2. CKA between all layer pairs
@@ -126,7 +128,7 @@ rep.eigenspectra_figure(eigs, out / "eigenspectra.png")
 # effective-rank convention) against the covariance spectrum of the final-normed last state.
 
 # %%
-embedding = rep.embedding_vs_final(loaded.adapter, run.stats)
+embedding = rep.embedding_vs_final(run)
 rep.embedding_figure(embedding, out / "embedding_vs_final.png")
 embedding.table()
 

@@ -21,7 +21,7 @@
 # here, layer by layer, on a trained model over offline text.
 
 # %%
-from utils import load_model, output_dir
+from utils import open_model, output_dir
 from utils.analyses import ffn_eigenspectrum as ffn
 from utils.atomic_io import save_npy, write_csv
 from utils.pipeline.notebook_parameters import apply_params_file
@@ -37,7 +37,7 @@ seed: int = 0  # window choice
 skip_first: int = 1  # first positions of every window left out of the main statistics (attention sinks)
 batch_size: int = 8  # windows per forward pass
 spectra_layers: list = []  # layers whose spectra are plotted (negative counts from the end); empty list: first, middle, last
-ffn_memory_mb: int = 0  # budget for the FFN accumulators held at once (2 D_ff^2 4 bytes per layer in float32); 0: half the memory free after loading
+ffn_memory_mb: int = 0  # memory one layer's FFN statistics may take (refused before the pass if more); 0: half the free memory
 accumulator: str = "float32"  # FFN accumulator storage: "float32" (per-batch centring, Chan et al. merge) or "float64"
 majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
 rank_rtol: float = 1e-10  # numerical rank: eigenvalues above this fraction of the largest (at least batches x machine epsilon)
@@ -49,22 +49,23 @@ apply_params_file(globals(), "05_ffn_eigenspectrum")  # papermill -f params/<nam
 
 # %%
 p = ffn.FFNParameters.from_namespace(globals())  # bounds checked before the model loads
-loaded = load_model(model)
+loaded = open_model(model)  # the checkpoint opened for the layer-major engine (no tensor read yet)
 out = output_dir(loaded.params, "05_ffn_eigenspectrum", output_root)
-plan = ffn.plan(loaded, p)  # tokens, numerical-rank floor, accumulator budget and passes
+plan = ffn.plan(loaded, p)  # tokens, numerical-rank floor, route and memory of one layer
 print(f"{loaded.params.name}: L={loaded.dims.L}, d={loaded.dims.d}, D_ff={loaded.dims.d_ff}, "
       f"gated={loaded.adapter.ffn(0).w_gate is not None}; {p.n_tokens} tokens of '{corpus}' "
-      f"({p.n_tokens / loaded.dims.d_ff:.1f} per FFN dimension); on {plan.device}: {plan.passes.describe()}")
-print(f"Qwen2.5-3B shape (L=36, D_ff=11008) at this budget: {plan.passes_3b.describe()}")
+      f"({p.n_tokens / loaded.dims.d_ff:.1f} per FFN dimension); on {plan.device}: {plan.describe()}")
 
 # %% [markdown]
 # ## 1. Pre/post-activation covariance spectra of every FFN
-# The activation engine streams the model over the windows and accumulates each FFN's pre- and
-# post-activation covariance (NerVE eq. 1) on the model's device: every batch is centred on its own
-# mean and merged exactly (Chan et al. 1979), so float32 storage keeps ~1e-6 relative accuracy at
-# half the memory of float64. Layers go in groups whose accumulators fit the budget; each group's
-# eigenvalues (`eigvalsh`, values only) are taken layer by layer and the accumulator freed at once
-# (NerVE appendix F, Algorithm 1).
+# The layer-major engine (`utils.engine.layerwise`) runs the model one block at a time over all the
+# windows, each block's weights read when it is reached and freed after, and accumulates that
+# block's FFN pre- and post-activation covariance (NerVE eq. 1) on the model's device: every batch is
+# centred on its own mean and merged exactly (Chan et al. 1979), so float32 storage keeps ~1e-6
+# relative accuracy at half the memory of float64. The layer's eigenvalues (`eigvalsh`, values
+# only) are taken before the next block runs (NerVE appendix F, Algorithm 1), so one layer's
+# statistics exist at a time. With fewer tokens than D_ff the nonzero eigenvalues come from the
+# N x N centred Gram of the same rows (exact: the nonzero eigenvalues of X^T X and X X^T agree).
 #
 # Sink positions. The first `skip_first` positions of every window stay out of the main statistics,
 # but their rows are kept (a few per window) and merged into the same accumulator after the

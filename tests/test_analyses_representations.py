@@ -27,7 +27,7 @@ def test_findings_fields_follow_the_measurements():
         assert (cka.adjacent[a:b] >= p.block_threshold).all()
     assert cka.adjacent[cka.sharpest_boundary] == cka.adjacent.min()
     spectra, _ = activation_spectra(run.stats)
-    embedding = rep.embedding_vs_final(loaded.adapter, run.stats)
+    embedding = rep.embedding_vs_final(run)
     E = loaded.adapter.embedding().double()  # (V, d)
     expected = torch.linalg.eigvalsh(torch.cov(E.T)).flip(0).numpy()
     np.testing.assert_allclose(embedding.embedding_eigenvalues, expected, rtol=1e-8, atol=1e-12)

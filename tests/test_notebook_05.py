@@ -143,7 +143,7 @@ def test_notebook_05(run_notebook, params):
 
     report = (out / "report.md").read_text()
     assert "stdlib-docs" in report and str(n_tokens) in report
-    assert "Verdict: NerVE's finding" in report and "Verdict on all" in report and "Passes and memory" in report
+    assert "Verdict: NerVE's finding" in report and "Verdict on all" in report and "Pass and memory" in report and "layer-major" in report
     verdict = ("HOLDS PARTLY" if "HOLDS PARTLY" in report else "DOES NOT HOLD" if "DOES NOT HOLD" in report
                else "HOLDS")
     trends = [int(df.se_up.sum()), int(df.pr_up.sum()), int(df.eee_down.sum())]

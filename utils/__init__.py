@@ -49,7 +49,8 @@ _API: dict[str, tuple[str, ...]] = {
         "ModelAdapter", "ModelDims", "UnsupportedArchitectureError", "WeightAdapter",
     ),
     "utils.models.loading": (
-        "load_model", "load_weights", "LoadedModel", "ModelTooLargeError", "StreamedWeights",
+        "load_model", "load_weights", "LoadedModel", "ModelTooLargeError", "open_model", "StreamedModel",
+        "StreamedWeights",
     ),
     "utils.models.params": ("load_params", "Params", "ParamsError",),
     "utils.models.sources": ("ModelUnavailableError",),

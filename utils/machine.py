@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,11 @@ def gpu_visible() -> bool:
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
     return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (getrusage ru_maxrss, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def available_ram() -> int:

@@ -2,13 +2,13 @@
 checkpoint, and the verdicts on NerVE's training-time claims and the Spectral Lens forecast.
 
 The series comes from `utils.models.checkpoint_series` (found without loading). `measure_series`
-visits the checkpoints one at a time (load, measure, free: memory of one model) and reuses the
+visits the checkpoints one at a time (open, measure, free: memory of one block) and reuses the
 project's engines, no second implementation:
 - weights (`utils.metrics.weight_spectra.weight_spectra`): eff_rank, stable_rank and alpha of every matrix,
   metric `w.<type>.<name>` at its layer (embedding/unembedding at layer -1);
-- one streaming pass of the activation engine (`utils.engine.activations.collect_activations`, all
-  FFN layers and the residual stream at once; the engine splits the FFN layers into more passes
-  only when their accumulators exceed `ffn_memory_mb`) over a fixed token sample
+- one layer-major pass (`utils.engine.layerwise`: the checkpoint read block by block, every FFN
+  layer and residual state reduced to eigenvalues before the next block; one layer's FFN
+  statistics must fit `ffn_memory_mb`) over a fixed token sample
   (`utils.engine.corpus.sample_tokens`, fixed seed, drawn with the first checkpoint's tokenizer):
   NerVE metrics (`utils.metrics.spectra.nerve_metrics`: se/pr/eee pre and post, js) of every FFN,
   metric `nerve.<name>` at FFN layer i, and the residual covariance effective rank and
@@ -41,18 +41,17 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from utils.analyses.layer_tables import layer_step_matrix
 from utils.analyses.parameters import NotebookParameters, check_skip_first, check_tail_window
 from utils.cache_files import read_cache, write_cache
-from utils.engine.activations import collect_activations, default_ffn_budget
+from utils.engine.activations import default_ffn_budget
 from utils.engine.corpus import TokenSample, sample_tokens
+from utils.engine.layerwise import FFNStats, LayerwiseModel, ResidualStats, ffn_layer_bytes, run_layerwise
 from utils.metrics.spectra import nerve_metrics, power_law_slope, spectrum_metrics
 from utils.metrics.weight_spectra import weight_spectra
 from utils.models.checkpoint_series import Checkpoint, Series, SeriesError, checkpoint_fingerprint
-from utils.models.loading import LoadedModel, load_model
-from utils.models.nanogpt import byte_tokenizer
+from utils.models.loading import LoadedModel, StreamedModel, open_model
 from utils.models.params import Params
 from utils.paths import cache_dir
 from utils.reporting.plotting import heatmap, line_panel, save_figure, subplots
@@ -95,48 +94,47 @@ def _save_cached(key: dict, rows: pd.DataFrame) -> None:
 
 # --- measuring one checkpoint ---------------------------------------------------------------------
 
-def measure_checkpoint(loaded: LoadedModel, tokens: TokenSample, *, skip_first: int = 1, batch_size: int = 8,
-                       tail_window: Sequence[int] = (8, 64), ffn_memory_mb: int = 0,
+def measure_checkpoint(loaded: LoadedModel | StreamedModel, tokens: TokenSample, *, skip_first: int = 1,
+                       batch_size: int = 8, tail_window: Sequence[int] = (8, 64), ffn_memory_mb: int = 0,
                        progress: bool = False) -> pd.DataFrame:
-    """Long table (layer, metric, value) of one loaded model: weight metrics, NerVE metrics of every
-    FFN and residual activation spectra, from one pass of the activation engine (module doc).
-    `ffn_memory_mb` bounds the FFN accumulators of one pass; 0: half the memory free after loading
-    (`default_ffn_budget`, as notebook 05)."""
-    adapter = loaded.adapter
-    L = adapter.dims.L
-    max_positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    """Long table (layer, metric, value) of one checkpoint: weight metrics (streamed tensor by
+    tensor), NerVE metrics of every FFN and residual activation spectra from one layer-major pass
+    (`utils.engine.layerwise`: one block and one layer's statistics alive at a time). One
+    layer's FFN statistics must fit `ffn_memory_mb` (0: half the free memory, as notebook 05)."""
+    lw = LayerwiseModel.from_model(loaded)
+    dims = lw.adapter.dims
+    max_positions = getattr(lw.model.config, "max_position_embeddings", None)
     if max_positions and tokens.input_ids.shape[1] > max_positions:
         raise SeriesError(f"{loaded.params.name}: windows of {tokens.input_ids.shape[1]} tokens exceed the model's "
                           f"{max_positions} positions; lower seq_len")
+    n_rows = tokens.input_ids.shape[0] * (tokens.input_ids.shape[1] - skip_first)
+    route, need = ffn_layer_bytes(n_rows, dims.d_ff)
+    budget = (ffn_memory_mb << 20) or default_ffn_budget(lw.device)
+    if need > budget:
+        raise SeriesError(f"{loaded.params.name}: one layer's FFN statistics need {need / 2**20:.0f} MiB ({route} "
+                          f"route) but ffn_memory_mb allows {budget / 2**20:.0f} MiB: raise it or lower n_sequences")
     rows: list[tuple[int, str, float]] = []
-    weights, _ = weight_spectra(adapter, progress=progress)
+    weights, _ = weight_spectra(loaded.adapter, progress=progress)
     for r in weights.itertuples():
         rows += [(int(r.layer), f"w.{r.weight}.{m}", float(getattr(r, m))) for m in WEIGHT_METRICS]
-    stats = collect_activations(loaded, tokens, residual=True, ffn_layers=range(L), batch_size=batch_size,
-                                cache=False, skip_first=skip_first,
-                                ffn_memory_bytes=(ffn_memory_mb << 20) or default_ffn_budget(next(loaded.model.parameters()).device))
-    for i in range(L):  # one layer's eigenvalues at a time; the accumulators are freed as we go
-        pre, post = stats.ffn_pre.pop(i).eigenvalues(), stats.ffn_post.pop(i).eigenvalues()
-        rows += [(i, f"nerve.{k}", v) for k, v in nerve_metrics(pre.numpy(), post.numpy()).items()]
+    residual = ResidualStats(dims.L, dims.d, lw.device, torch.zeros(0, dtype=torch.long), tokens.input_ids.shape[1],
+                             keep=False, route="auto", n_rows=n_rows)
+    ffn = FFNStats(range(dims.L), dims.d_ff, lw.device, keep=False, route="auto", n_rows=n_rows)
+    run_layerwise(lw, tokens, [residual, ffn], batch_size=batch_size, skip_first=skip_first, progress=progress)
+    for i in range(dims.L):
+        rows += [(i, f"nerve.{k}", v) for k, v in nerve_metrics(ffn.eigenvalues[i]["pre"],
+                                                                ffn.eigenvalues[i]["post"]).items()]
     start, stop = tail_window
-    for j, acc in enumerate(stats.residual):  # residual states 0..L+1
-        eig = acc.eigenvalues().numpy()
+    for j in range(dims.L + 2):  # residual states 0..L+1
+        eig = residual.eigenvalues[j]
         slope = power_law_slope(eig, start, stop) if min(stop, eig.size) - start >= 2 else math.nan
         rows += [(j, "act.eff_rank", spectrum_metrics(eig)["eff_rank"]), (j, "act.tail_slope", slope)]
     return pd.DataFrame(rows, columns=["layer", "metric", "value"])
 
 
 def load_tokenizer(params: Params):
-    """The tokenizer of a checkpoint without its weights (whole model only for GGUF sources)."""
-    s = params.source
-    if s["kind"] == "local":
-        return AutoTokenizer.from_pretrained(s["path"], trust_remote_code=params.trust_remote_code)
-    if s["kind"] == "hub":
-        return AutoTokenizer.from_pretrained(s["id"], revision=s.get("revision"),
-                                             trust_remote_code=params.trust_remote_code)
-    if s["kind"] == "random":
-        return byte_tokenizer()
-    return load_model(params).tokenizer
+    """The tokenizer of a checkpoint without reading its weights (`open_model`; a random config is built)."""
+    return open_model(params).tokenizer
 
 
 @dataclass
@@ -158,7 +156,7 @@ def measure_series(series: Series, *, corpus: str = "stdlib-docs", n_sequences: 
         rows = _load_cached(key) if cache else None
         from_cache = rows is not None
         if rows is None:
-            loaded = load_model(ck.params)
+            loaded = open_model(ck.params)  # streamed block by block where the checkpoint is on disk
             vocab = loaded.dims.V
             if int(tokens.input_ids.max()) >= vocab:
                 raise SeriesError(f"checkpoint {ck.name}: vocabulary of {vocab} does not cover the token sample "

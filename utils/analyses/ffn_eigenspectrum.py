@@ -3,14 +3,16 @@
 divergence between the spectra) and the verdict on NerVE's finding that the nonlinearity raises SE
 and PR and lowers EEE, layer by layer.
 
-`plan` fixes the tokens, the accumulator budget and the passes (`FFNPlan`); `measure` streams the
-model group by group and reduces each layer to eigenvalues before the next group (`FFNSpectra`:
-sink-free and all-token tables); `nerve_verdict` and `findings` turn the tables into
+`plan` fixes the tokens, the route and the memory of one layer (`FFNPlan`); `measure` runs the
+model once, block by block (`utils.engine.layerwise`), and reduces each layer to eigenvalues
+before the next block (`FFNSpectra`: sink-free and all-token tables); `nerve_verdict` and `findings` turn the tables into
 `FFNFindings` (fields the tests check, `.sentences()` for the report).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -19,13 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from utils.analyses.parameters import NotebookParameters, check_skip_first
-from utils.engine.activations import PassPlan, collect_activations, default_ffn_budget, ffn_pass_plan
+from utils.cache_files import read_cache, write_cache
+from utils.engine.activations import default_ffn_budget
 from utils.engine.corpus import TokenSample, sample_tokens
+from utils.engine.layerwise import FFNStats, LayerwiseModel, ffn_layer_bytes, run_layerwise
+from utils.machine import peak_rss_bytes
 from utils.metrics.spectra import nerve_metrics, normalized
-from utils.models.loading import LoadedModel
+from utils.models.loading import LoadedModel, StreamedModel
+from utils.paths import cache_dir
 from utils.reporting.plotting import save_figure, subplots
 from utils.reporting.report import Report
 
@@ -84,7 +89,7 @@ def spectra_layers(adapter, requested: list) -> list[int]:
 
 @dataclass
 class FFNPlan:
-    """Tokens, budget and passes of one notebook 05 run."""
+    """Tokens, memory and route of one notebook 05 run (one layer-major pass)."""
 
     tokens: TokenSample
     spectra_layers: list[int]
@@ -92,32 +97,42 @@ class FFNPlan:
     rank_deficient: bool  # n_tokens - 1 < D_ff
     rank_floor: float  # eigenvalues above this fraction of the largest count in the numerical rank
     device: torch.device
-    budget: int  # bytes of FFN accumulators per pass
-    passes: PassPlan
-    passes_3b: PassPlan  # a Qwen2.5-3B shape (L = 36, D_ff = 11008) at the same budget
-    groups: list[list[int]]  # FFN layers of each pass
+    budget: int  # bytes one layer's FFN statistics may take
+    route: str  # "Gram" (N < D_ff: the N x N centred Gram, exact) or "covariance"
+    layer_bytes: int  # one layer's FFN statistics, the only ones alive at a time
+    layer_bytes_3b: int  # the same at a Qwen2.5-3B shape (D_ff = 11008) and this token count
+    layerwise: LayerwiseModel  # the model, run block by block
+    engine: str  # how the weights are held (`LayerwiseModel.describe`)
+
+    def describe(self) -> str:
+        return (f"one layer-major pass over the text; each layer's FFN statistics ({self.route} route, "
+                f"{self.layer_bytes / 2**20:.0f} MiB) reduced to eigenvalues before the next block runs; weights "
+                f"{self.engine}")
 
 
-def plan(loaded: LoadedModel, p: FFNParameters) -> FFNPlan:
+def plan(m: LoadedModel | StreamedModel, p: FFNParameters) -> FFNPlan:
     """Each batch folds into the accumulator with one rounding (relative eps of its storage), so
     eigenvalues below n_batches x eps of the largest are rounding noise (float32, 64 windows in
     batches of 8: 9.5e-7; SmolLM2's measured float32 noise floor is 1.9e-8) and are not counted
-    in the numerical rank."""
-    adapter = loaded.adapter
-    L, d_ff = adapter.dims.L, adapter.dims.d_ff
-    shown = spectra_layers(adapter, p.spectra_layers)
-    tokens = sample_tokens(loaded.tokenizer, p.corpus, p.n_sequences, p.seq_len, p.seed)
+    in the numerical rank. One layer's statistics must fit `ffn_memory_mb` (0: half the free
+    memory): checked here, before the pass."""
+    lw = LayerwiseModel.from_model(m)
+    d_ff = lw.adapter.dims.d_ff
+    shown = spectra_layers(lw.adapter, p.spectra_layers)
+    tokens = sample_tokens(m.tokenizer, p.corpus, p.n_sequences, p.seq_len, p.seed)
     n = p.n_tokens
     if n - 1 < d_ff:
         warnings.warn(f"{n} tokens < D_ff + 1 = {d_ff + 1}: the covariances have rank <= {n - 1}, which caps "
                       f"SE at ln({n - 1}) and PR at {n - 1}; raise n_sequences or seq_len")
     rank_floor = max(p.rank_rtol, math.ceil(p.n_sequences / p.batch_size) * torch.finfo(getattr(torch, p.accumulator)).eps)
-    device = next(loaded.model.parameters()).device
-    budget = (p.ffn_memory_mb << 20) or default_ffn_budget(device)
-    passes = ffn_pass_plan(L, d_ff, budget, p.accumulator)
-    groups = [list(range(s, min(s + passes.layers_per_pass, L))) for s in range(0, L, passes.layers_per_pass)]
-    return FFNPlan(tokens, shown, min(d_ff, n - 1), n - 1 < d_ff, rank_floor, device, budget, passes,
-                   ffn_pass_plan(36, 11008, budget, p.accumulator), groups)
+    budget = (p.ffn_memory_mb << 20) or default_ffn_budget(lw.device)
+    route, need = ffn_layer_bytes(n, d_ff, p.accumulator)
+    if need > budget:
+        raise MemoryError(f"one layer's FFN statistics need {need / 2**20:.0f} MiB ({route} route, D_ff = {d_ff}, "
+                          f"{n} tokens) but ffn_memory_mb allows {budget / 2**20:.0f} MiB: raise ffn_memory_mb, or "
+                          "lower n_sequences / seq_len")
+    return FFNPlan(tokens, shown, min(d_ff, n - 1), n - 1 < d_ff, rank_floor, lw.device, budget, route, need,
+                   ffn_layer_bytes(n, 11008, p.accumulator)[1], lw, lw.describe())
 
 
 def layer_row(i: int, pre: np.ndarray, post: np.ndarray, rank_floor: float) -> dict:
@@ -148,49 +163,45 @@ class FFNSpectra:
     table_all: pd.DataFrame  # every position
 
 
-@dataclass
-class _Collected:
-    """Eigenvalues (L, D_ff) and metric rows gathered layer by layer."""
-
-    pre: np.ndarray
-    post: np.ndarray
-    rows: list[dict] = field(default_factory=list)  # sink-free
-    rows_all: list[dict] = field(default_factory=list)  # every position
+def _cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "ffn_spectra" / f"{key['model']}-{digest}.pt"
 
 
-def _measure_group(loaded: LoadedModel, group: list[int], fp: FFNPlan, p: FFNParameters, got: _Collected,
-                   bar) -> None:
-    """One pass for a group of FFN layers; each layer reduced to eigenvalues, its accumulators freed."""
-    stats = collect_activations(loaded, fp.tokens, residual=False, ffn_layers=group, batch_size=p.batch_size,
-                                ffn_memory_bytes=fp.budget, cache=p.cache, skip_first=p.skip_first,
-                                ffn_dtype=p.accumulator, keep_skipped=p.skip_first > 0)
-    for i in group:
-        acc_pre, acc_post = stats.ffn_pre.pop(i), stats.ffn_post.pop(i)
-        got.pre[i] = acc_pre.eigenvalues().numpy()
-        got.post[i] = acc_post.eigenvalues().numpy()
-        got.rows.append(layer_row(i, got.pre[i], got.post[i], fp.rank_floor))
-        if p.skip_first:  # all tokens: merge the sink rows into the same accumulators (exact)
-            acc_pre.update(stats.ffn_pre_skipped.pop(i))
-            acc_post.update(stats.ffn_post_skipped.pop(i))
-            got.rows_all.append(layer_row(i, acc_pre.eigenvalues().numpy(), acc_post.eigenvalues().numpy(),
-                                                 fp.rank_floor))
-        else:
-            got.rows_all.append(got.rows[-1])
-        del acc_pre, acc_post
-        bar.update()
+def _eigenvalues(fp: FFNPlan, p: FFNParameters) -> dict[str, torch.Tensor]:
+    """(L, D_ff) eigenvalues of every FFN, sink-free ("pre", "post") and over every position
+    ("pre_all", "post_all"), from one layer-major pass; one layer's statistics alive at a time."""
+    lw = fp.layerwise
+    L, d_ff = lw.adapter.dims.L, lw.adapter.dims.d_ff
+    stats = FFNStats(range(L), d_ff, lw.device, p.accumulator, keep=False, keep_skipped=p.skip_first > 0,
+                     route="auto", n_rows=p.n_tokens)
+    run_layerwise(lw, fp.tokens, [stats], batch_size=p.batch_size, skip_first=p.skip_first)
+    kinds = ("pre", "post", "pre_all", "post_all") if p.skip_first else ("pre", "post")
+    eig = {k: torch.from_numpy(np.stack([stats.eigenvalues[i][k] for i in range(L)])) for k in kinds}
+    if not p.skip_first:  # every position is in the main statistics
+        eig["pre_all"], eig["post_all"] = eig["pre"], eig["post"]
+    return eig
 
 
-def measure(loaded: LoadedModel, fp: FFNPlan, p: FFNParameters) -> FFNSpectra:
-    """Every FFN's spectra, group by group (memory: one group's accumulators, then eigenvalues)."""
-    L, d_ff = loaded.dims.L, loaded.dims.d_ff
-    got = _Collected(np.zeros((L, d_ff)), np.zeros((L, d_ff)))
-    with tqdm(total=L, desc="FFN spectra", unit="layer") as bar:
-        for group in fp.groups:
-            _measure_group(loaded, group, fp, p, got, bar)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    return FFNSpectra(got.pre, got.post, metrics_table(got.rows, p.n_tokens, d_ff),
-                      metrics_table(got.rows_all, p.n_all_tokens, d_ff))
+def measure(m: LoadedModel | StreamedModel, fp: FFNPlan, p: FFNParameters) -> FFNSpectra:
+    """Every FFN's spectra from one layer-major pass (`utils.engine.layerwise.FFNStats`, Gram route
+    when N < D_ff); with `p.cache` the eigenvalues are cached (`cache_dir()/ffn_spectra`)."""
+    key = fp.layerwise.run_key(m.params, fp.tokens, what="05_ffn_eigenspectrum", skip_first=p.skip_first,
+                     batch_size=p.batch_size, accumulator=p.accumulator, route=fp.route)
+    path = _cache_path(key)
+    cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "FFN spectra cache entry") if p.cache else None
+    if cached is not None and cached.get("key") == key:
+        eig = cached["eigenvalues"]
+    else:
+        eig = _eigenvalues(fp, p)
+        if p.cache:
+            write_cache(path, lambda f: torch.save({"key": key, "eigenvalues": eig}, f), "FFN spectra cache entry")
+    e = {k: v.numpy() for k, v in eig.items()}
+    L, d_ff = e["pre"].shape
+    rows = [layer_row(i, e["pre"][i], e["post"][i], fp.rank_floor) for i in range(L)]
+    rows_all = [layer_row(i, e["pre_all"][i], e["post_all"][i], fp.rank_floor) for i in range(L)]
+    return FFNSpectra(e["pre"], e["post"], metrics_table(rows, p.n_tokens, d_ff),
+                      metrics_table(rows_all, p.n_all_tokens, d_ff))
 
 
 @dataclass
@@ -300,7 +311,7 @@ class FFNFindings:
         return self._verdict_sentences() + self._metric_sentences() + self._rank_sentences()
 
 
-def findings(loaded: LoadedModel, spectra: FFNSpectra, fp: FFNPlan, p: FFNParameters) -> FFNFindings:
+def findings(loaded: LoadedModel | StreamedModel, spectra: FFNSpectra, fp: FFNPlan, p: FFNParameters) -> FFNFindings:
     df, df_all = spectra.table, spectra.table_all
     return FFNFindings(
         loaded.params.name, loaded.dims.d, loaded.dims.d_ff, p.skip_first, p.n_tokens, p.n_all_tokens,
@@ -371,7 +382,7 @@ def selected_spectra_figure(spectra: FFNSpectra, layers: list[int], path: Path):
 
 # --- report ------------------------------------------------------------------------------------------
 
-def _data_paragraph(loaded: LoadedModel, p: FFNParameters) -> str:
+def _data_paragraph(loaded: LoadedModel | StreamedModel, p: FFNParameters) -> str:
     d_ff = loaded.dims.d_ff
     return (
         f"Corpus `{p.corpus}`: {p.n_sequences} windows x {p.seq_len} tokens, the first {p.skip_first} position(s) of each "
@@ -386,13 +397,14 @@ def _data_paragraph(loaded: LoadedModel, p: FFNParameters) -> str:
         f"NerVE eq. (3) writes it (a rank-one spectrum gives (D-1)/D).")
 
 
-def write_report(loaded: LoadedModel, fp: FFNPlan, found: FFNFindings, p: FFNParameters, out: Path) -> Path:
+def write_report(loaded: LoadedModel | StreamedModel, fp: FFNPlan, found: FFNFindings, p: FFNParameters, out: Path) -> Path:
     report = Report.for_notebook("05_ffn_eigenspectrum", loaded)
     report.model_section(loaded)
     report.heading("Data").paragraph(_data_paragraph(loaded, p))
-    report.heading("Passes and memory").paragraph(
-        f"On {fp.device}: {fp.passes.describe()}. A Qwen2.5-3B shape (L = 36, D_ff = 11008) at the same budget: "
-        f"{fp.passes_3b.describe()}.")
+    report.heading("Pass and memory").paragraph(
+        f"On {fp.device}: {fp.describe()}. A Qwen2.5-3B shape (L = 36, D_ff = 11008) at the same token count would "
+        f"hold {fp.layer_bytes_3b / 2**20:.0f} MiB per layer. Peak memory of the kernel (RSS) after the pass: "
+        f"{peak_rss_bytes() / 2**30:.2f} GiB.")
     report.heading("Findings").bullets(found.sentences())
     report.heading("Per layer").table(found.table[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre",
                                                    "eee_post", "js", "pr_gain", "top1_post", "rank_pre", "rank_post",

@@ -46,6 +46,7 @@ from utils.models.adapters import WeightAdapter
 from utils.models.loading import load_weights, open_checkpoint
 from utils.models.params import Params, load_params
 from utils.models.sources import ModelUnavailableError, check_available
+from utils.models.tensor_store import content_fingerprint
 from utils.paths import cache_dir, output_dir
 from utils.reporting.plotting import subplots
 from utils.reporting.report import Report
@@ -142,20 +143,7 @@ def check_parameters(depth_bins: int, heavy_tail_alpha: float) -> None:
 # --- the spectra cache --------------------------------------------------------------------------
 
 SPECTRA_CACHE_VERSION = 1
-_SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 1 << 16
-_CONFIG_FILES = ("config.json", "model.safetensors.index.json")  # besides the weights, what the spectra depend on
 _CODE = (weight_spectra, weight_metrics, WeightAdapter)  # their modules' source: what the numbers depend on
-
-
-def _file_fingerprint(path: Path) -> str:
-    """name|size|mtime_ns|SHA-256 of 17 evenly spaced 64 KiB blocks, the first (a safetensors header) to the last."""
-    st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for offset in np.linspace(0, max(st.st_size - _SAMPLE_BYTES, 0), _SAMPLE_BLOCKS + 1).astype(np.int64):
-            fh.seek(int(offset))
-            h.update(fh.read(_SAMPLE_BYTES))
-    return f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{h.hexdigest()}"
 
 
 def checkpoint_fingerprint(params: Params) -> str | None:
@@ -168,10 +156,7 @@ def checkpoint_fingerprint(params: Params) -> str | None:
     streamed = open_checkpoint(params)
     if streamed is None:
         return None
-    directory = streamed.adapter.store.directory
-    files = sorted({*streamed.adapter.store.files, *(directory / n for n in _CONFIG_FILES if (directory / n).exists())})
-    for path in files:
-        h.update(_file_fingerprint(path).encode())
+    h.update(content_fingerprint(streamed.adapter.store).encode())
     return h.hexdigest()[:24]
 
 

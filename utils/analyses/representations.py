@@ -11,6 +11,8 @@ results into `RepresentationFindings` (fields the tests check, `.sentences()` fo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +22,16 @@ import torch
 from matplotlib.patches import Rectangle
 
 from utils.analyses.parameters import NotebookParameters
-from utils.engine.activations import ActivationStats, collect_activations
+from utils.cache_files import read_cache, write_cache
+from utils.engine.activations import ActivationStats
 from utils.engine.corpus import TokenSample, sample_tokens
-from utils.engine.representations import Drift, LogitLens
+from utils.engine.layerwise import LayerConsumer, LayerwiseDrift, LayerwiseLogitLens, LayerwiseModel, collect_layerwise
+from utils.machine import peak_rss_bytes
 from utils.metrics.cka import cka_blocks, cka_matrix, cka_sample_warning
 from utils.metrics.covariance import StreamingCovariance
 from utils.metrics.spectra import cumulative_share, effective_rank, spectrum_metrics
-from utils.models.loading import LoadedModel
+from utils.models.loading import LoadedModel, StreamedModel
+from utils.paths import cache_dir
 from utils.reporting.plotting import depth_colors, heatmap, line_panel, save_figure, subplots
 from utils.reporting.report import Report, fmt
 
@@ -62,7 +67,7 @@ class RepresentationsParameters(NotebookParameters):
 
 @dataclass
 class RepresentationPass:
-    """One pass of the activation engine with the logit lens and the drift as consumers."""
+    """One layer-major run with the logit lens, the drift and the embedding's covariance as consumers."""
 
     tokens: TokenSample
     stats: ActivationStats
@@ -70,27 +75,87 @@ class RepresentationPass:
     drift: pd.DataFrame  # one row per step 1..L (+ final norm)
     has_final_norm: bool
     layer_names: list[str]  # "emb", "1", ..., "L"
+    embedding: StreamingCovariance  # of the V rows of the input embedding (read once, in the pass)
+    engine: str = ""  # how the weights were held (`LayerwiseModel.describe`)
 
     @property
     def n_cka(self) -> int:
         return self.stats.samples.shape[1]
 
+    def state_dict(self) -> dict:
+        """Plain tensors, lists and strings (`torch.load(weights_only=True)` reads it back)."""
+        return {"stats": self.stats.state_dict(), "lens": _frame_state(self.lens), "drift": _frame_state(self.drift),
+                "has_final_norm": self.has_final_norm, "layer_names": self.layer_names,
+                "embedding": self.embedding.state_dict(), "engine": self.engine}
 
-def measure(loaded: LoadedModel, p: RepresentationsParameters) -> RepresentationPass:
-    """Sample the windows and stream the model once: residual covariances, CKA samples, logit lens, drift."""
-    adapter = loaded.adapter
-    tokens = sample_tokens(loaded.tokenizer, p.corpus, p.n_sequences, p.seq_len, p.seed)
+    @classmethod
+    def from_state_dict(cls, state: dict, tokens: TokenSample) -> "RepresentationPass":
+        return cls(tokens, ActivationStats.from_state_dict(state["stats"]), _frame(state["lens"]),
+                   _frame(state["drift"]), state["has_final_norm"], state["layer_names"],
+                   StreamingCovariance.from_state_dict(state["embedding"]), state["engine"])
+
+
+def _frame_state(frame: pd.DataFrame | None) -> dict | None:
+    return None if frame is None else {"columns": list(frame.columns), **{c: frame[c].tolist() for c in frame}}
+
+
+def _frame(state: dict | None) -> pd.DataFrame | None:
+    return None if state is None else pd.DataFrame({c: state[c] for c in state["columns"]})
+
+
+class EmbeddingCovariance(LayerConsumer):
+    """Covariance of the input embedding's V rows, accumulated while the engine holds it."""
+
+    def __init__(self, d: int):
+        self.accumulator = StreamingCovariance(d)
+
+    def on_embedding(self, weight: torch.Tensor) -> None:
+        for rows in weight.detach().split(16384):  # (16384, d) at a time
+            self.accumulator.update(rows)
+
+
+def _cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "representations" / f"{key['model']}-{digest}.pt"
+
+
+def _run(lw: LayerwiseModel, tokens: TokenSample, p: RepresentationsParameters) -> RepresentationPass:
+    adapter, L = lw.adapter, lw.adapter.dims.L
     stat_mask = torch.ones_like(tokens.input_ids, dtype=torch.bool)
     stat_mask[:, :p.skip_first] = False  # the model still sees these positions; no statistic does
-    lens = LogitLens(adapter, tuple(tokens.input_ids.shape), p.lens_tokens, p.seed, mask=stat_mask,
-                     max_logit_elements=p.max_logit_elements) if adapter.is_causal_lm else None
-    drift = Drift(has_final_norm=adapter.final_norm is not None)
-    stats = collect_activations(loaded, tokens, keep_samples=p.keep_samples, batch_size=p.batch_size, seed=p.seed,
-                                cache=p.cache, consumers=[c for c in (lens, drift) if c is not None],
-                                skip_first=p.skip_first)
-    names = ["emb"] + [str(i) for i in range(1, adapter.dims.L + 1)]
+    lens = LayerwiseLogitLens(adapter, tuple(tokens.input_ids.shape), p.lens_tokens, p.seed, mask=stat_mask,
+                              max_logit_elements=p.max_logit_elements) if adapter.is_causal_lm else None
+    drift = LayerwiseDrift(L, has_final_norm=adapter.final_norm is not None)
+    embedding = EmbeddingCovariance(adapter.dims.d)
+    stats = collect_layerwise(lw, tokens, keep_samples=p.keep_samples, batch_size=p.batch_size, seed=p.seed,
+                              consumers=[c for c in (lens, drift, embedding) if c is not None],
+                              skip_first=p.skip_first)
+    names = ["emb"] + [str(i) for i in range(1, L + 1)]
     return RepresentationPass(tokens, stats, lens.result() if lens is not None else None, drift.result(),
-                              drift.has_final_norm, names)
+                              drift.has_final_norm, names, embedding.accumulator, lw.describe())
+
+
+def measure(m: LoadedModel | StreamedModel, p: RepresentationsParameters) -> RepresentationPass:
+    """Sample the windows and run the model once, block by block (`utils.engine.layerwise`):
+    residual covariances, CKA samples, logit lens, drift and the embedding's covariance. With
+    `p.cache`, the whole pass is cached (`cache_dir()/representations`), keyed by the weights'
+    identity, the token sample and every parameter it depends on."""
+    tokens = sample_tokens(m.tokenizer, p.corpus, p.n_sequences, p.seq_len, p.seed)
+    lw = LayerwiseModel.from_model(m)
+    key = lw.run_key(m.params, tokens, what="04_representations", skip_first=p.skip_first,
+                     batch_size=p.batch_size, keep_samples=p.keep_samples, seed=p.seed, lens_tokens=p.lens_tokens,
+                     max_logit_elements=p.max_logit_elements)
+    path = _cache_path(key)
+    if p.cache:
+        cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "representations cache entry")
+        if cached is not None and cached.get("key") == key:
+            run = RepresentationPass.from_state_dict(cached["run"], tokens)
+            run.stats.from_cache = True
+            return run
+    run = _run(lw, tokens, p)
+    if p.cache:
+        write_cache(path, lambda f: torch.save({"key": key, "run": run.state_dict()}, f), "representations cache entry")
+    return run
 
 
 @dataclass
@@ -141,14 +206,12 @@ class EmbeddingComparison:
         ])
 
 
-def embedding_vs_final(adapter, stats: ActivationStats) -> EmbeddingComparison:
-    """Spectra of E (V, d), streamed 16384 rows at a time, and of residual state L + 1."""
-    acc = StreamingCovariance(adapter.dims.d)
-    for rows in adapter.embedding().split(16384):
-        acc.update(rows)
+def embedding_vs_final(run: RepresentationPass) -> EmbeddingComparison:
+    """Spectra of E (V, d) (its row covariance, accumulated in the pass) and of residual state L + 1."""
+    acc = run.embedding
     emb = acc.eigenvalues().numpy()
     singular = np.sqrt(np.clip(np.linalg.eigvalsh(acc.sum_outer.cpu().numpy())[::-1], 0, None))  # of E (V, d)
-    final = stats.residual[adapter.dims.L + 1].eigenvalues().numpy()
+    final = run.stats.residual[len(run.layer_names)].eigenvalues().numpy()
     return EmbeddingComparison(emb, final, spectrum_metrics(emb), spectrum_metrics(final), effective_rank(singular))
 
 
@@ -300,7 +363,7 @@ class RepresentationFindings:
         return self._cka_sentences() + self._lens_sentences() + self._state_sentences()
 
 
-def findings(loaded: LoadedModel, run: RepresentationPass, cka: CKAStructure, spectra: pd.DataFrame,
+def findings(loaded: LoadedModel | StreamedModel, run: RepresentationPass, cka: CKAStructure, spectra: pd.DataFrame,
              embedding: EmbeddingComparison, p: RepresentationsParameters) -> RepresentationFindings:
     dims = loaded.adapter.dims
     return RepresentationFindings(
@@ -382,14 +445,16 @@ def embedding_figure(embedding: EmbeddingComparison, path: Path):
 
 # --- report ------------------------------------------------------------------------------------------
 
-def write_report(loaded: LoadedModel, run: RepresentationPass, spectra: pd.DataFrame, found: RepresentationFindings,
+def write_report(loaded: LoadedModel | StreamedModel, run: RepresentationPass, spectra: pd.DataFrame, found: RepresentationFindings,
                  p: RepresentationsParameters, out: Path) -> Path:
     report = Report.for_notebook("04_representations", loaded)
     report.model_section(loaded, **{"corpus": p.corpus, "tokens": run.stats.n_tokens,
                   "positions left out per window": p.skip_first,
                   "windows": f"{p.n_sequences} x {p.seq_len}", "CKA estimator": p.cka_estimator,
                   "CKA tokens per layer": run.n_cka,
-                  "logit-lens tokens": run.lens.n_tokens.iloc[0] if run.lens is not None else "n/a (no LM head)"})
+                  "logit-lens tokens": run.lens.n_tokens.iloc[0] if run.lens is not None else "n/a (no LM head)",
+                  "weights held": run.engine + (" (statistics from the cache)" if run.stats.from_cache else ""),
+                  "peak memory of the kernel (RSS)": f"{peak_rss_bytes() / 2**30:.2f} GiB"})
     report.heading("Findings").bullets(found.sentences())
     report.heading("CKA")
     report.figure(out / "cka.png", f"{p.cka_estimator} CKA between layers (0 = embeddings); white squares: blocks")

@@ -127,7 +127,7 @@ class ActivationStats:
 
 # --- cache --------------------------------------------------------------------------------------
 
-def _weights_fingerprint(model: torch.nn.Module) -> str:
+def weights_fingerprint(model: torch.nn.Module) -> str:
     """Cheap identity of the weights: names, shapes and float64 sums of each tensor's first 4096 entries."""
     h = hashlib.sha256()
     for name, p in model.state_dict().items():
@@ -145,7 +145,7 @@ def cache_key(loaded: LoadedModel, tokens: TokenSample, attention_mask: torch.Te
         attention_mask.to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
     return {
         "engine": ENGINE_VERSION,
-        "model": p.name, "source": p.source, "dtype": p.dtype, "weights": _weights_fingerprint(loaded.model),
+        "model": p.name, "source": p.source, "dtype": p.dtype, "weights": weights_fingerprint(loaded.model),
         "corpus": tokens.corpus, "tokens": tokens.fingerprint(), "n_tokens": tokens.n_tokens,
         "shape": list(tokens.input_ids.shape), "token_seed": tokens.seed, "mask": mask_fp,
         "residual": residual, "ffn_layers": sorted(ffn_layers), "keep_samples": keep_samples, "seed": seed,

@@ -29,6 +29,7 @@ Index convention of residual states (that of `utils.engine.activations`): 0 afte
 (block 0's input), i = 1..L output of block i - 1, L + 1 the final-normed last state.
 
 Per-layer consumer protocol (`LayerConsumer`): the engine calls, in this order,
+    on_embedding(E)       once, with the input embedding (V, d) while it is held,
     on_state(StateBatch)  for every batch of residual state j (j = 0..L + 1, states in order),
     end_state(j)          after the last batch of state j: reduce, free,
     on_ffn(kind, i, x, b) for every batch of block i's FFN rows ("pre": output of
@@ -44,6 +45,7 @@ same updates in the same order: the statistics are equal to today's engine's to 
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -55,13 +57,17 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForCausalLM
 
-from utils.engine.activations import ActivationStats
+from utils.engine.activations import ActivationStats, weights_fingerprint
 from utils.engine.corpus import TokenSample
 from utils.engine.representations import add_lens_terms, final_lens_terms, lens_frame
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype
 from utils.metrics.gram_route import gram_eigenvalues, prefer_gram
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, get_adapter
-from utils.models.loading import LoadedModel, StreamedWeights
+from utils.models.loading import LoadedModel, StreamedModel, StreamedWeights
+from utils.models.params import Params
+from utils.models.tensor_store import NonFiniteWeightError, content_fingerprint, count_nonfinite
+
+LAYERWISE_VERSION = 1  # bump when what the engine computes changes: cached results keyed on it
 
 
 class _Stop(Exception):
@@ -115,6 +121,9 @@ class LayerConsumer:
 
     def wants_ffn(self, layer: int) -> bool:
         return False
+
+    def on_embedding(self, weight: torch.Tensor) -> None:
+        """The input embedding (V, d) as the model holds it during the capture (read once)."""
 
     def on_state(self, s: StateBatch) -> None:
         pass
@@ -194,9 +203,34 @@ class LayerwiseModel:
         return cls.from_checkpoint(streamed.adapter, dtype=dtype, task=p.task,
                                    device=device if device is not None else streamed.adapter.device)
 
+    @classmethod
+    def from_model(cls, model: LoadedModel | StreamedModel, device: str | torch.device | None = None) -> "LayerwiseModel":
+        """From `utils.models.loading.open_model`: streamed when it opened a checkpoint, else resident."""
+        return cls.from_loaded(model) if isinstance(model, LoadedModel) else cls.from_streamed(model, device)
+
     @property
     def streamed(self) -> bool:
         return self.checkpoint is not None
+
+    def describe(self) -> str:
+        """How the weights were held, for reports."""
+        if not self.streamed:
+            return f"resident (loaded model, on {self.device}), blocks run one at a time"
+        return (f"streamed: each block's tensors read from the checkpoint when reached and freed after it, "
+                f"in {str(self.dtype).removeprefix('torch.')} on {self.device}")
+
+    def weights_identity(self) -> str:
+        """The checkpoint's content fingerprint (streamed: no tensor read) or the resident weights'."""
+        return content_fingerprint(self.checkpoint.store) if self.streamed else weights_fingerprint(self.model)
+
+    def run_key(self, params: Params, tokens: TokenSample, **settings) -> dict:
+        """Everything a run's results depend on, for caches: model, weights, compute dtype and
+        device, the token sample and the caller's settings (JSON-normalised)."""
+        key = {"engine": f"layerwise-{LAYERWISE_VERSION}", "model": params.name, "source": params.source,
+               "dtype": str(next(self.model.parameters()).dtype), "device": self.device.type,
+               "weights": self.weights_identity(), "corpus": tokens.corpus, "tokens": tokens.fingerprint(),
+               "shape": list(tokens.input_ids.shape), "token_seed": tokens.seed, **settings}
+        return json.loads(json.dumps(key, sort_keys=True, default=str))
 
     # --- names -----------------------------------------------------------------------------------
     def _base_path(self) -> str:
@@ -227,8 +261,16 @@ class LayerwiseModel:
                            ", ".join(f"{t!r} (for {n})" for n, t in missing[:5]))
 
     def _read(self, name: str) -> torch.Tensor:
+        """One checkpoint tensor, counted in `reads` and checked for NaN/Inf as it is read (the
+        streamed path's `check_finite`, without a second read of the model)."""
         self.reads[name] = self.reads.get(name, 0) + 1
-        return self.checkpoint.store.get(name)
+        tensor = self.checkpoint.store.get(name)
+        if tensor.is_floating_point() and (bad := count_nonfinite(tensor)):
+            raise NonFiniteWeightError(
+                f"{self.checkpoint.store.directory}: tensor {name!r} has {bad:,} non-finite entries (NaN/Inf) of "
+                f"{tensor.numel():,}, so the activations are undefined. The checkpoint is damaged (or training "
+                "diverged): use an earlier or re-downloaded checkpoint.")
+        return tensor
 
     def _materialize(self, prefix: str, module: nn.Module) -> None:
         """Read the parameters of `module` (at `prefix` in the model) into it, compute dtype, on device."""
@@ -405,6 +447,8 @@ def run_layerwise(lw: LayerwiseModel, tokens: TokenSample, consumers: Sequence[L
     wants_head = any(type(c).finish is not LayerConsumer.finish for c in consumers)
     with torch.inference_mode():
         with lw.embedding_phase(keep_tied=wants_head):
+            for c in consumers:
+                c.on_embedding(lw.model.get_input_embeddings().weight)
             for batch in batches:
                 h0, block_inputs = capture(lw, batch.input_ids, batch.attention)
                 states.append(h0)
@@ -493,6 +537,15 @@ class ResidualStats(LayerConsumer):
         elif not self.keep:
             self.eigenvalues[state] = self.accumulators[state].eigenvalues().numpy()
             self.accumulators[state] = None
+
+
+def ffn_layer_bytes(n_rows: int, d_ff: int, accumulator: str = "float32") -> tuple[str, int]:
+    """(route, bytes) of one layer's FFN statistics in the layer-major pass: the N x N centred Gram
+    when N < D_ff (pre and post rows in float32 + the float64 Gram and its eigen copy), else the
+    D_ff x D_ff accumulators (pre and post in `accumulator` + a float64 eigen copy)."""
+    if prefer_gram(n_rows, d_ff):
+        return "Gram", 2 * n_rows * d_ff * 4 + 2 * n_rows * n_rows * 8
+    return "covariance", 2 * d_ff * d_ff * (4 if accumulator == "float32" else 8) + d_ff * d_ff * 8
 
 
 class FFNStats(LayerConsumer):

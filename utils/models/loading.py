@@ -252,6 +252,32 @@ def open_checkpoint(params_or_name: Params | str) -> StreamedWeights | None:
     return StreamedWeights(adapter, params, time.perf_counter() - start, origin)
 
 
+@dataclass
+class StreamedModel(StreamedWeights):
+    """A checkpoint to run block by block (`utils.engine.layerwise`): the weights as
+    `StreamedWeights` (nothing read yet) and the tokenizer that came with them."""
+
+    tokenizer: object = None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "weights read": "streamed block by block (layer-major), each tensor once"}
+
+
+def open_model(params_or_name: Params | str) -> StreamedModel | LoadedModel:
+    """The model for the notebooks that run it (04, 05, 08): its checkpoint opened for the
+    layer-major engine with its tokenizer (`StreamedModel`; no tensor read, memory of one block
+    later) when the params source has safetensors on disk or fetchable, else the loaded model
+    (random configs). The tokenizer is checked against the embedding first (`check_tokenizer`)."""
+    params = params_or_name if isinstance(params_or_name, Params) else load_params(params_or_name)
+    streamed = open_checkpoint(params)
+    if streamed is None:
+        return load_model(params)
+    directory = streamed.adapter.store.directory
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
+    check_tokenizer(tokenizer, streamed.adapter.top_config, params, str(directory))
+    return StreamedModel(streamed.adapter, streamed.params, streamed.load_seconds, streamed.origin, tokenizer)
+
+
 def load_weights(params_or_name: Params | str, check: bool = True) -> StreamedWeights | LoadedModel:
     """Weights for notebooks that need only tensors (01, 02, 03, 07's weight part): streamed from
     the checkpoint's safetensors when the params source has them on disk (peak memory: one

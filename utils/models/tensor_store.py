@@ -21,11 +21,13 @@ when the checkpoint opens (`QuantizedCheckpointError`, naming the tensors and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
@@ -278,3 +280,28 @@ def check_finite(adapter) -> None:
             + "\n  ".join(problems) + "\nThe checkpoint is damaged (or training diverged): use an earlier or "
             "re-downloaded checkpoint."
         )
+
+
+_SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 1 << 16
+_CONFIG_FILES = ("config.json", "model.safetensors.index.json")  # besides the weights, what results depend on
+
+
+def file_fingerprint(path: Path) -> str:
+    """name|size|mtime_ns|SHA-256 of 17 evenly spaced 64 KiB blocks, the first (a safetensors header) to the last."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for offset in np.linspace(0, max(st.st_size - _SAMPLE_BYTES, 0), _SAMPLE_BLOCKS + 1).astype(np.int64):
+            fh.seek(int(offset))
+            h.update(fh.read(_SAMPLE_BYTES))
+    return f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{h.hexdigest()}"
+
+
+def content_fingerprint(store: "TensorStore") -> str:
+    """Identity of a checkpoint's content without reading its tensors: `file_fingerprint` of every
+    safetensors file, config.json and the shard index."""
+    directory = store.directory
+    h = hashlib.sha256()
+    for path in sorted({*store.files, *(directory / n for n in _CONFIG_FILES if (directory / n).exists())}):
+        h.update(file_fingerprint(path).encode())
+    return h.hexdigest()[:24]

@@ -23,14 +23,14 @@ MODEL, N_SEQ, SEQ_LEN, KEEP, LENS = "smollm2-135m", 32, 128, 2048, 512
 
 def streaming(loaded, tokens) -> None:
     from utils.engine.activations import collect_activations
-    from utils.engine.representations import Drift, LogitLens, activation_spectra
+    from utils.engine.representations import Drift, LogitLens, activation_spectra, residual_eigenvalues
     from utils.metrics.cka import cka_matrix
 
     lens = LogitLens(loaded.adapter, tuple(tokens.input_ids.shape), LENS, seed=0)
     stats = collect_activations(loaded, tokens, keep_samples=KEEP, cache=False,
                                 consumers=[lens, Drift(loaded.adapter.final_norm is not None)])
     cka_matrix(stats.samples[: loaded.dims.L + 1], debiased=True)
-    activation_spectra(stats)
+    activation_spectra(residual_eigenvalues(stats))
     lens.result()
 
 

@@ -67,7 +67,7 @@ L, d, V = loaded.dims.L, loaded.dims.d, loaded.dims.V
 # %%
 run = rep.measure(loaded, p)
 print(f"{loaded.params.name}: L={L}, d={d}, V={V}; {run.tokens.n_tokens} tokens of '{corpus}'")
-print(f"{run.stats.n_tokens} tokens accumulated ({'cached statistics' if run.stats.from_cache else 'computed'}); "
+print(f"{run.n_tokens} tokens accumulated ({'cached statistics' if run.from_cache else 'computed'}); "
       f"{run.n_cka} tokens per layer for CKA; weights {run.engine}")
 
 # %% [markdown]
@@ -117,7 +117,7 @@ rep.drift_figure(run.drift, out / "drift.png")
 # components holding 90% of the variance.
 
 # %%
-spectra, eigs = activation_spectra(run.stats)
+spectra, eigs = activation_spectra(run.eigenvalues)
 write_csv(spectra, out / "activation_spectra.csv")
 rep.dimensionality_figure(spectra, out / "effective_rank.png")
 rep.eigenspectra_figure(eigs, out / "eigenspectra.png")

@@ -39,6 +39,7 @@ batch_size: int = 8  # windows per forward pass
 spectra_layers: list = []  # layers whose spectra are plotted (negative counts from the end); empty list: first, middle, last
 ffn_memory_mb: int = 0  # memory one layer's FFN statistics may take (refused before the pass if more); 0: half the free memory
 accumulator: str = "float32"  # FFN accumulator storage: "float32" (per-batch centring, Chan et al. merge) or "float64"
+eigen_solver: str = "float64"  # eigvalsh precision: "float64" or "float32" (~2x faster at D_ff 8192; SE, PR, EEE within ~1e-6 relative)
 majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
 rank_rtol: float = 1e-10  # numerical rank: eigenvalues above this fraction of the largest (at least batches x machine epsilon)
 dominant_share: float = 0.5  # a spectrum is dominated by one direction when its top eigenvalue holds more than this share

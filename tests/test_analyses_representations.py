@@ -26,7 +26,7 @@ def test_findings_fields_follow_the_measurements():
     for a, b in cka.multi_layer_blocks:  # a block: adjacent CKA at or above the threshold inside it
         assert (cka.adjacent[a:b] >= p.block_threshold).all()
     assert cka.adjacent[cka.sharpest_boundary] == cka.adjacent.min()
-    spectra, _ = activation_spectra(run.stats)
+    spectra, _ = activation_spectra(run.eigenvalues)
     embedding = rep.embedding_vs_final(run)
     E = loaded.adapter.embedding().double()  # (V, d)
     expected = torch.linalg.eigvalsh(torch.cov(E.T)).flip(0).numpy()
@@ -36,7 +36,7 @@ def test_findings_fields_follow_the_measurements():
         embedding.embedding_eff_rank_singular - effective_rank(s)) < 1e-8
 
     found = rep.findings(loaded, run, cka, spectra, embedding, p)
-    norms = run.stats.samples[: L + 1].norm(dim=2)
+    norms = run.samples[: L + 1].norm(dim=2)
     ratio = norms.max(1).values / norms.median(1).values
     assert found.outliers.layer == int(ratio.argmax()) and abs(found.outliers.ratio - float(ratio.max())) < 1e-6
     inner = spectra.iloc[1:]

@@ -10,7 +10,7 @@ import torch
 from utils import load_model
 from utils.engine.activations import collect_activations
 from utils.engine.corpus import TokenSample
-from utils.engine.representations import Drift, LogitLens, activation_spectra
+from utils.engine.representations import Drift, LogitLens, activation_spectra, residual_eigenvalues
 from utils.metrics.cka import cka_blocks, cka_matrix, cka_sample_warning, linear_cka
 
 from .conftest import tiny_causal_models, tiny_model_ids, tiny_models
@@ -163,7 +163,7 @@ def test_drift_and_spectra_against_hidden_states(params):
     np.testing.assert_allclose(df.cosine, cos, rtol=1e-6)
     np.testing.assert_allclose(df.l2, l2, rtol=1e-6)
     assert (df.step.iloc[-1] == "final_norm") == (adapter.final_norm is not None)
-    spectra, eigs = activation_spectra(stats)
+    spectra, eigs = activation_spectra(residual_eigenvalues(stats))
     assert list(spectra.layer) == list(range(L + 1)) and len(eigs) == L + 1
     d = loaded.dims.d
     assert ((spectra.eff_rank >= 1) & (spectra.eff_rank <= d)).all()

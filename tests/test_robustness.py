@@ -457,3 +457,18 @@ def test_no_message_suggests_unpickling():
     for module in (run, act, dynamics):
         assert "weights_only=False" not in Path(module.__file__).read_text()
     assert "weights_only=False" not in Path(read_cache.__code__.co_filename).read_text()
+
+
+def test_stdlib_corpus_is_extracted_once_and_an_unreadable_entry_is_re_extracted(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path))
+    stdlib = Path(corpus_module.sysconfig.get_paths()["stdlib"])
+    reference = corpus_module._extract_stdlib_docstrings(stdlib, 200_000)
+    assert corpus_module._stdlib_docstrings(200_000) == reference  # extracted, then written
+    (entry,) = (tmp_path / "corpus").iterdir()
+    monkeypatch.setattr(corpus_module, "_extract_stdlib_docstrings", lambda *a: pytest.fail("extracted again"))
+    assert corpus_module._stdlib_docstrings(200_000) == reference  # read back, not extracted
+    entry.write_bytes(b"\xff\xfe broken")
+    monkeypatch.undo()
+    monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path))
+    assert corpus_module._stdlib_docstrings(200_000) == reference  # unreadable: a miss, re-extracted
+    assert entry.read_bytes().decode("utf-8") == reference

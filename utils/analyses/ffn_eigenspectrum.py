@@ -52,6 +52,7 @@ class FFNParameters(NotebookParameters):
     spectra_layers: list = field(default_factory=list)
     ffn_memory_mb: int = 0
     accumulator: str = "float32"
+    eigen_solver: str = "float64"
     majority: float = 0.5
     rank_rtol: float = 1e-10
     dominant_share: float = 0.5
@@ -59,7 +60,7 @@ class FFNParameters(NotebookParameters):
 
     AT_LEAST = {"n_sequences": 1, "seq_len": 2, "batch_size": 1, "ffn_memory_mb": 0}
     INTERVALS = {"majority": "[0, 1)", "rank_rtol": "(0, 1)", "dominant_share": "(0, 1)"}
-    CHOICES = {"accumulator": ("float32", "float64")}
+    CHOICES = {"accumulator": ("float32", "float64"), "eigen_solver": ("float64", "float32")}
 
     def check(self) -> None:
         check_skip_first(self.skip_first, self.seq_len)
@@ -126,13 +127,15 @@ def plan(m: LoadedModel | StreamedModel, p: FFNParameters) -> FFNPlan:
                       f"SE at ln({n - 1}) and PR at {n - 1}; raise n_sequences or seq_len")
     rank_floor = max(p.rank_rtol, math.ceil(p.n_sequences / p.batch_size) * torch.finfo(getattr(torch, p.accumulator)).eps)
     budget = (p.ffn_memory_mb << 20) or default_ffn_budget(lw.device)
-    route, need = ffn_layer_bytes(n, d_ff, p.accumulator)
+    # The Gram route pays only when every problem of the layer is narrower than D_ff: with the
+    # skipped rows merged (all tokens), the largest has n_all_tokens rows.
+    route, need = ffn_layer_bytes(p.n_all_tokens if p.skip_first else n, d_ff, p.accumulator)
     if need > budget:
         raise MemoryError(f"one layer's FFN statistics need {need / 2**20:.0f} MiB ({route} route, D_ff = {d_ff}, "
                           f"{n} tokens) but ffn_memory_mb allows {budget / 2**20:.0f} MiB: raise ffn_memory_mb, or "
                           "lower n_sequences / seq_len")
     return FFNPlan(tokens, shown, min(d_ff, n - 1), n - 1 < d_ff, rank_floor, lw.device, budget, route, need,
-                   ffn_layer_bytes(n, 11008, p.accumulator)[1], lw, lw.describe())
+                   ffn_layer_bytes(p.n_all_tokens if p.skip_first else n, 11008, p.accumulator)[1], lw, lw.describe())
 
 
 def layer_row(i: int, pre: np.ndarray, post: np.ndarray, rank_floor: float) -> dict:
@@ -174,7 +177,7 @@ def _eigenvalues(fp: FFNPlan, p: FFNParameters) -> dict[str, torch.Tensor]:
     lw = fp.layerwise
     L, d_ff = lw.adapter.dims.L, lw.adapter.dims.d_ff
     stats = FFNStats(range(L), d_ff, lw.device, p.accumulator, keep=False, keep_skipped=p.skip_first > 0,
-                     route="auto", n_rows=p.n_tokens)
+                     route="auto", n_rows=p.n_all_tokens if p.skip_first else p.n_tokens, solver=p.eigen_solver)
     run_layerwise(lw, fp.tokens, [stats], batch_size=p.batch_size, skip_first=p.skip_first)
     kinds = ("pre", "post", "pre_all", "post_all") if p.skip_first else ("pre", "post")
     eig = {k: torch.from_numpy(np.stack([stats.eigenvalues[i][k] for i in range(L)])) for k in kinds}
@@ -187,7 +190,8 @@ def measure(m: LoadedModel | StreamedModel, fp: FFNPlan, p: FFNParameters) -> FF
     """Every FFN's spectra from one layer-major pass (`utils.engine.layerwise.FFNStats`, Gram route
     when N < D_ff); with `p.cache` the eigenvalues are cached (`cache_dir()/ffn_spectra`)."""
     key = fp.layerwise.run_key(m.params, fp.tokens, what="05_ffn_eigenspectrum", skip_first=p.skip_first,
-                     batch_size=p.batch_size, accumulator=p.accumulator, route=fp.route)
+                     batch_size=p.batch_size, accumulator=p.accumulator, route=fp.route,
+                                          eigen_solver=p.eigen_solver)
     path = _cache_path(key)
     cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "FFN spectra cache entry") if p.cache else None
     if cached is not None and cached.get("key") == key:
@@ -392,7 +396,7 @@ def _data_paragraph(loaded: LoadedModel | StreamedModel, p: FFNParameters) -> st
         f"Pre-activation: "
         f"{'gate projection output (gated FFN)' if loaded.adapter.ffn(0).w_gate is not None else 'input projection output'}; "
         f"post-activation: input of the output projection. Covariances accumulated in {p.accumulator} with per-batch "
-        f"centring merged exactly (Chan et al. 1979), eigenvalues by float64 eigvalsh; natural logarithms; JS "
+        f"centring merged exactly (Chan et al. 1979), eigenvalues by {p.eigen_solver} eigvalsh; natural logarithms; JS "
         f"rank-matched (NerVE eqs. 4-6); EEE divided by D/2 as "
         f"NerVE eq. (3) writes it (a rank-one spectrum gives (D-1)/D).")
 

@@ -23,9 +23,17 @@ from matplotlib.patches import Rectangle
 
 from utils.analyses.parameters import NotebookParameters
 from utils.cache_files import read_cache, write_cache
-from utils.engine.activations import ActivationStats
 from utils.engine.corpus import TokenSample, sample_tokens
-from utils.engine.layerwise import LayerConsumer, LayerwiseDrift, LayerwiseLogitLens, LayerwiseModel, collect_layerwise
+from utils.engine.layerwise import (
+    LayerConsumer,
+    LayerwiseDrift,
+    LayerwiseLogitLens,
+    LayerwiseModel,
+    ResidualStats,
+    run_layerwise,
+    sample_positions,
+    statistic_mask,
+)
 from utils.machine import peak_rss_bytes
 from utils.metrics.cka import cka_blocks, cka_matrix, cka_sample_warning
 from utils.metrics.covariance import StreamingCovariance
@@ -67,32 +75,43 @@ class RepresentationsParameters(NotebookParameters):
 
 @dataclass
 class RepresentationPass:
-    """One layer-major run with the logit lens, the drift and the embedding's covariance as consumers."""
+    """One layer-major run with the logit lens, the drift and the embedding's covariance as
+    consumers; every residual state reduced to its eigenvalues as the run reaches it (memory of
+    one d x d accumulator, not L + 2)."""
 
     tokens: TokenSample
-    stats: ActivationStats
+    eigenvalues: list[np.ndarray]  # L + 2 residual states (0 embeddings .. L + 1 final-normed), float64 descending
+    samples: torch.Tensor | None  # (L + 2, keep_samples, d) float32: the same tokens at every state, for CKA
+    sample_positions: torch.Tensor  # (keep_samples,) flat indices into tokens.input_ids.view(-1)
+    n_tokens: int  # statistic tokens (the first skip_first positions of every window left out)
     lens: pd.DataFrame | None  # one row per layer 0..L (None: encoder without an LM head)
     drift: pd.DataFrame  # one row per step 1..L (+ final norm)
     has_final_norm: bool
     layer_names: list[str]  # "emb", "1", ..., "L"
-    embedding: StreamingCovariance  # of the V rows of the input embedding (read once, in the pass)
+    embedding_eigenvalues: np.ndarray  # (d,) covariance of the input embedding's V rows (read once, in the pass)
+    embedding_singular: np.ndarray  # (d,) singular values of the embedding matrix
     engine: str = ""  # how the weights were held (`LayerwiseModel.describe`)
+    from_cache: bool = False
 
     @property
     def n_cka(self) -> int:
-        return self.stats.samples.shape[1]
+        return self.samples.shape[1]
 
     def state_dict(self) -> dict:
         """Plain tensors, lists and strings (`torch.load(weights_only=True)` reads it back)."""
-        return {"stats": self.stats.state_dict(), "lens": _frame_state(self.lens), "drift": _frame_state(self.drift),
+        return {"eigenvalues": [torch.from_numpy(e) for e in self.eigenvalues], "samples": self.samples,
+                "sample_positions": self.sample_positions, "n_tokens": self.n_tokens,
+                "lens": _frame_state(self.lens), "drift": _frame_state(self.drift),
                 "has_final_norm": self.has_final_norm, "layer_names": self.layer_names,
-                "embedding": self.embedding.state_dict(), "engine": self.engine}
+                "embedding_eigenvalues": torch.from_numpy(self.embedding_eigenvalues),
+                "embedding_singular": torch.from_numpy(self.embedding_singular), "engine": self.engine}
 
     @classmethod
     def from_state_dict(cls, state: dict, tokens: TokenSample) -> "RepresentationPass":
-        return cls(tokens, ActivationStats.from_state_dict(state["stats"]), _frame(state["lens"]),
-                   _frame(state["drift"]), state["has_final_norm"], state["layer_names"],
-                   StreamingCovariance.from_state_dict(state["embedding"]), state["engine"])
+        return cls(tokens, [e.numpy() for e in state["eigenvalues"]], state["samples"], state["sample_positions"],
+                   int(state["n_tokens"]), _frame(state["lens"]), _frame(state["drift"]), state["has_final_norm"],
+                   state["layer_names"], state["embedding_eigenvalues"].numpy(), state["embedding_singular"].numpy(),
+                   state["engine"], from_cache=True)
 
 
 def _frame_state(frame: pd.DataFrame | None) -> dict | None:
@@ -113,6 +132,11 @@ class EmbeddingCovariance(LayerConsumer):
         for rows in weight.detach().split(16384):  # (16384, d) at a time
             self.accumulator.update(rows)
 
+    def spectra(self) -> tuple[np.ndarray, np.ndarray]:
+        """(covariance eigenvalues, singular values of E): E^T E = sum_outer, so s = sqrt(eig(E^T E))."""
+        singular = np.sqrt(np.clip(np.linalg.eigvalsh(self.accumulator.sum_outer.cpu().numpy())[::-1], 0, None))
+        return self.accumulator.eigenvalues().numpy(), singular.copy()
+
 
 def _cache_path(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -120,19 +144,21 @@ def _cache_path(key: dict) -> Path:
 
 
 def _run(lw: LayerwiseModel, tokens: TokenSample, p: RepresentationsParameters) -> RepresentationPass:
-    adapter, L = lw.adapter, lw.adapter.dims.L
-    stat_mask = torch.ones_like(tokens.input_ids, dtype=torch.bool)
-    stat_mask[:, :p.skip_first] = False  # the model still sees these positions; no statistic does
-    lens = LayerwiseLogitLens(adapter, tuple(tokens.input_ids.shape), p.lens_tokens, p.seed, mask=stat_mask,
+    adapter, dims = lw.adapter, lw.adapter.dims
+    _, stat = statistic_mask(tokens.input_ids, None, p.skip_first)  # the model still sees skipped positions
+    positions = sample_positions(stat, p.keep_samples, p.seed)
+    residual = ResidualStats(dims.L, dims.d, lw.device, positions, tokens.input_ids.shape[1], keep=False,
+                             route="auto", n_rows=int(stat.sum()))
+    lens = LayerwiseLogitLens(adapter, tuple(tokens.input_ids.shape), p.lens_tokens, p.seed, mask=stat,
                               max_logit_elements=p.max_logit_elements) if adapter.is_causal_lm else None
-    drift = LayerwiseDrift(L, has_final_norm=adapter.final_norm is not None)
-    embedding = EmbeddingCovariance(adapter.dims.d)
-    stats = collect_layerwise(lw, tokens, keep_samples=p.keep_samples, batch_size=p.batch_size, seed=p.seed,
-                              consumers=[c for c in (lens, drift, embedding) if c is not None],
-                              skip_first=p.skip_first)
-    names = ["emb"] + [str(i) for i in range(1, L + 1)]
-    return RepresentationPass(tokens, stats, lens.result() if lens is not None else None, drift.result(),
-                              drift.has_final_norm, names, embedding.accumulator, lw.describe())
+    drift = LayerwiseDrift(dims.L, has_final_norm=adapter.final_norm is not None)
+    embedding = EmbeddingCovariance(dims.d)
+    run_layerwise(lw, tokens, [c for c in (residual, lens, drift, embedding) if c is not None],
+                  batch_size=p.batch_size, skip_first=p.skip_first)
+    names = ["emb"] + [str(i) for i in range(1, dims.L + 1)]
+    return RepresentationPass(tokens, [residual.eigenvalues[j] for j in range(dims.L + 2)], residual.samples,
+                              positions, int(stat.sum()), lens.result() if lens is not None else None, drift.result(),
+                              drift.has_final_norm, names, *embedding.spectra(), lw.describe())
 
 
 def measure(m: LoadedModel | StreamedModel, p: RepresentationsParameters) -> RepresentationPass:
@@ -149,9 +175,7 @@ def measure(m: LoadedModel | StreamedModel, p: RepresentationsParameters) -> Rep
     if p.cache:
         cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "representations cache entry")
         if cached is not None and cached.get("key") == key:
-            run = RepresentationPass.from_state_dict(cached["run"], tokens)
-            run.stats.from_cache = True
-            return run
+            return RepresentationPass.from_state_dict(cached["run"], tokens)
     run = _run(lw, tokens, p)
     if p.cache:
         write_cache(path, lambda f: torch.save({"key": key, "run": run.state_dict()}, f), "representations cache entry")
@@ -183,7 +207,7 @@ class CKAStructure:
 
 def cka_structure(run: RepresentationPass, d: int, p: RepresentationsParameters) -> CKAStructure:
     L = len(run.layer_names) - 1
-    cka = cka_matrix(run.stats.samples[: L + 1], debiased=p.debiased)
+    cka = cka_matrix(run.samples[: L + 1], debiased=p.debiased)
     return CKAStructure(cka, cka_blocks(cka, p.block_threshold), np.diagonal(cka, offset=1),
                         cka_sample_warning(run.n_cka, d, p.debiased), p.block_threshold)
 
@@ -208,10 +232,8 @@ class EmbeddingComparison:
 
 def embedding_vs_final(run: RepresentationPass) -> EmbeddingComparison:
     """Spectra of E (V, d) (its row covariance, accumulated in the pass) and of residual state L + 1."""
-    acc = run.embedding
-    emb = acc.eigenvalues().numpy()
-    singular = np.sqrt(np.clip(np.linalg.eigvalsh(acc.sum_outer.cpu().numpy())[::-1], 0, None))  # of E (V, d)
-    final = run.stats.residual[len(run.layer_names)].eigenvalues().numpy()
+    emb, singular = run.embedding_eigenvalues, run.embedding_singular
+    final = run.eigenvalues[len(run.layer_names)]
     return EmbeddingComparison(emb, final, spectrum_metrics(emb), spectrum_metrics(final), effective_rank(singular))
 
 
@@ -228,11 +250,11 @@ class OutlierTokens:
         return self.ratio > OUTLIER_RATIO
 
 
-def outlier_tokens(stats: ActivationStats, L: int, seq_len: int) -> OutlierTokens:
-    norms = stats.samples[: L + 1].norm(dim=2)  # (L + 1, n_cka) token norms per layer
+def outlier_tokens(run: RepresentationPass, L: int, seq_len: int) -> OutlierTokens:
+    norms = run.samples[: L + 1].norm(dim=2)  # (L + 1, n_cka) token norms per layer
     outlier = norms.max(1).values / norms.median(1).values
     worst = int(outlier.argmax())
-    return OutlierTokens(worst, float(outlier[worst]), int(stats.sample_positions[norms[worst].argmax()] % seq_len))
+    return OutlierTokens(worst, float(outlier[worst]), int(run.sample_positions[norms[worst].argmax()] % seq_len))
 
 
 @dataclass
@@ -369,7 +391,7 @@ def findings(loaded: LoadedModel | StreamedModel, run: RepresentationPass, cka: 
     return RepresentationFindings(
         run.layer_names, dims.V, dims.d, cka, lens_summary(run.lens, dims.L) if run.lens is not None else None,
         loaded.adapter.name, drift_summary(run.drift, run.has_final_norm), bottleneck(spectra),
-        outlier_tokens(run.stats, dims.L, p.seq_len), embedding)
+        outlier_tokens(run, dims.L, p.seq_len), embedding)
 
 
 # --- figures ---------------------------------------------------------------------------------------
@@ -448,12 +470,12 @@ def embedding_figure(embedding: EmbeddingComparison, path: Path):
 def write_report(loaded: LoadedModel | StreamedModel, run: RepresentationPass, spectra: pd.DataFrame, found: RepresentationFindings,
                  p: RepresentationsParameters, out: Path) -> Path:
     report = Report.for_notebook("04_representations", loaded)
-    report.model_section(loaded, **{"corpus": p.corpus, "tokens": run.stats.n_tokens,
+    report.model_section(loaded, **{"corpus": p.corpus, "tokens": run.n_tokens,
                   "positions left out per window": p.skip_first,
                   "windows": f"{p.n_sequences} x {p.seq_len}", "CKA estimator": p.cka_estimator,
                   "CKA tokens per layer": run.n_cka,
                   "logit-lens tokens": run.lens.n_tokens.iloc[0] if run.lens is not None else "n/a (no LM head)",
-                  "weights held": run.engine + (" (statistics from the cache)" if run.stats.from_cache else ""),
+                  "weights held": run.engine + (" (statistics from the cache)" if run.from_cache else ""),
                   "peak memory of the kernel (RSS)": f"{peak_rss_bytes() / 2**30:.2f} GiB"})
     report.heading("Findings").bullets(found.sentences())
     report.heading("CKA")

@@ -18,6 +18,7 @@ import ast
 import functools
 import glob
 import hashlib
+import sys
 import sysconfig
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.cache_files import read_cache, write_cache
+from utils.paths import cache_dir
 
 DEFAULT_CORPUS = "stdlib-docs"
 MAX_REPLACED_SHARE = 0.1  # a corpus file with more undecodable characters than this share is refused
@@ -72,8 +76,25 @@ def _read_files(spec: str, paths: list[str]) -> str:
     return "\n\n".join(texts)
 
 
+_STDLIB_VERSION = 1  # bump when `_extract_stdlib_docstrings` changes what it extracts
+
+
 def _stdlib_docstrings(max_chars: int) -> str:
+    """The stdlib-docs text, extracted once per Python installation (parsing ~600 modules takes
+    5-10 s) and kept at `cache_dir()/corpus/`, keyed by the interpreter, the stdlib's path and
+    `max_chars`; an unreadable entry is re-extracted."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
+    key = f"{_STDLIB_VERSION}|{sys.version}|{stdlib}|{max_chars}"
+    path = cache_dir() / "corpus" / f"stdlib-docs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.txt"
+    text = read_cache(path, lambda f: f.read_bytes().decode("utf-8"), "corpus cache entry")
+    if text is None:
+        text = _extract_stdlib_docstrings(stdlib, max_chars)
+        write_cache(path, lambda f: f.write_bytes(text.encode("utf-8")), "corpus cache entry")
+    return text
+
+
+def _extract_stdlib_docstrings(stdlib: Path, max_chars: int) -> str:
+    """Docstrings longer than 80 characters of the stdlib's modules, classes and functions (tests excluded)."""
     skip = ("test", "idlelib", "lib2to3", "site-packages", "dist-packages", "ensurepip", "turtledemo")
     pieces: list[str] = []
     total = 0

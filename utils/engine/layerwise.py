@@ -60,7 +60,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from utils.engine.activations import ActivationStats, weights_fingerprint
 from utils.engine.corpus import TokenSample
 from utils.engine.representations import add_lens_terms, final_lens_terms, lens_frame
-from utils.metrics.covariance import StreamingCovariance, accumulator_dtype
+from utils.metrics.covariance import StreamingCovariance, accumulator_dtype, solver_dtype
 from utils.metrics.gram_route import gram_eigenvalues, prefer_gram
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, get_adapter
 from utils.models.loading import LoadedModel, StreamedModel, StreamedWeights
@@ -557,14 +557,18 @@ class FFNStats(LayerConsumer):
     `eigenvalues[i] = {"pre", "post"}` over the statistic rows and, with keep_skipped, `"pre_all"`,
     `"post_all"` over every attended row. route="auto" takes the N x N centred Gram
     (`utils.metrics.gram_route`) instead of the D_ff x D_ff accumulator when N < D_ff
-    (rows then held: N x D_ff float32 per kind, instead of D_ff^2); "covariance" never."""
+    (rows then held: N x D_ff float32 per kind, instead of D_ff^2); "covariance" never. `n_rows`:
+    the rows of the layer's largest problem (with keep_skipped, every attended row: when those
+    reach D_ff, the Gram route would form a product and solve a problem no smaller than D_ff)."""
 
     def __init__(self, layers: Sequence[int], d_ff: int, device, dtype: str = "float32", keep: bool = True,
-                 keep_skipped: bool = False, route: str = "covariance", n_rows: int = 0):
+                 keep_skipped: bool = False, route: str = "covariance", n_rows: int = 0, solver: str = "float64"):
         if route not in ("covariance", "auto"):
             raise ValueError(f"route must be 'covariance' or 'auto', got {route!r}")
         self.layers, self.d_ff, self.device = set(layers), d_ff, device
         self.dtype, self.keep, self.keep_skipped = accumulator_dtype(dtype), keep, keep_skipped
+        self.solver = solver  # eigen-solver precision of the reduction (keep=False)
+        solver_dtype(solver)
         self.gram = route == "auto" and not keep and prefer_gram(n_rows, d_ff)
         self.pre: dict[int, StreamingCovariance] = {}
         self.post: dict[int, StreamingCovariance] = {}
@@ -609,17 +613,17 @@ class FFNStats(LayerConsumer):
         skipped = self._skipped_rows(kind, layer) if self.keep_skipped else None
         if self.gram:
             rows = torch.cat(self._rows.pop((kind, layer)))
-            out = {kind: gram_eigenvalues(rows).numpy()}
+            out = {kind: gram_eigenvalues(rows, self.solver).numpy()}
             if skipped is not None:
                 everything = torch.cat([rows, skipped.to(rows.device)])
-                out[f"{kind}_all"] = (gram_eigenvalues(everything) if prefer_gram(*everything.shape)
-                                      else _covariance_of(everything, self.device, self.dtype).eigenvalues()).numpy()
+                out[f"{kind}_all"] = (gram_eigenvalues(everything, self.solver) if prefer_gram(*everything.shape)
+                                      else _covariance_of(everything, self.device, self.dtype).eigenvalues(self.solver)).numpy()
             return out
         acc = (self.pre if kind == "pre" else self.post).pop(layer)
-        out = {kind: acc.eigenvalues().numpy()}
+        out = {kind: acc.eigenvalues(self.solver).numpy()}
         if skipped is not None:
             acc.update(skipped)  # Chan's merge: all-token statistics, as notebook 05
-            out[f"{kind}_all"] = acc.eigenvalues().numpy()
+            out[f"{kind}_all"] = acc.eigenvalues(self.solver).numpy()
         return out
 
 

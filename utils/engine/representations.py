@@ -10,6 +10,8 @@ so its logits are the model's own.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -151,8 +153,13 @@ class Drift:
 
 # --- activation spectra -------------------------------------------------------------------------
 
-def activation_spectra(stats: ActivationStats) -> tuple[pd.DataFrame, list[np.ndarray]]:
-    """Per residual state 0..L: metrics of its covariance eigenvalues, and the eigenvalues themselves."""
-    eigs = [acc.eigenvalues().numpy() for acc in stats.residual[:-1]]
+def residual_eigenvalues(stats: ActivationStats) -> list[np.ndarray]:
+    """The L + 2 residual states' covariance eigenvalues of `collect_activations`'s statistics."""
+    return [acc.eigenvalues().numpy() for acc in stats.residual]
+
+
+def activation_spectra(eigenvalues: Sequence[np.ndarray]) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Per residual state 0..L (of the L + 2 states' covariance eigenvalues): metrics, and the eigenvalues."""
+    eigs = list(eigenvalues[:-1])
     rows = [{"layer": j, **spectrum_metrics(e)} for j, e in enumerate(eigs)]
     return pd.DataFrame(rows), eigs

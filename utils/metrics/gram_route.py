@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from utils.machine import lapack_threads
+from utils.metrics.covariance import solver_dtype
 
 ROW_BLOCK_BYTES = 64 << 20  # float64 bytes of one row block while G is formed
 
@@ -38,7 +39,7 @@ def centred_gram(rows: torch.Tensor) -> torch.Tensor:
     return gram
 
 
-def gram_eigenvalues(rows: torch.Tensor) -> torch.Tensor:
+def gram_eigenvalues(rows: torch.Tensor, solver: str = "float64") -> torch.Tensor:
     """Eigenvalues of the covariance of rows X (N, D), float64 on the CPU, descending, clipped at 0,
     length D, computed from the N x N centred Gram (exact algebra: see the module doc). Use it
     when N < D; for N >= D the D x D covariance (`StreamingCovariance`) is the smaller problem."""
@@ -47,12 +48,12 @@ def gram_eigenvalues(rows: torch.Tensor) -> torch.Tensor:
     n, dim = rows.shape
     if n < 2:
         raise ValueError(f"need at least 2 rows for a covariance, have {n}")
-    gram = centred_gram(rows).div_(n - 1)
+    gram = centred_gram(rows).div_(n - 1).to(solver_dtype(solver))  # `solver`: as StreamingCovariance.eigenvalues
     if gram.is_cuda:
-        eig = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).cpu()
+        eig = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).cpu().double()
     else:
         with lapack_threads(n):
-            eig = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0)
+            eig = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).double()
     out = torch.zeros(dim, dtype=torch.float64)
     k = min(n, dim)
     out[:k] = eig[:k]

@@ -116,6 +116,7 @@ NOTEBOOK_RULES: dict[str, dict[str, Rule]] = {
     },
     "05_ffn_eigenspectrum": {
         "spectra_layers": list_of("int"), "accumulator": choices("float32", "float64"),
+        "eigen_solver": choices("float64", "float32"),
         "majority": interval("[0, 1)"), "rank_rtol": FRACTION_OPEN, "dominant_share": FRACTION_OPEN,
     },
     "06_training_dynamics": {

@@ -138,6 +138,17 @@ class EmbeddingCovariance(LayerConsumer):
         return self.accumulator.eigenvalues().numpy(), singular.copy()
 
 
+CACHE_VERSION = 2  # the layout of a cache entry (RepresentationPass.state_dict)
+
+
+def _read_entry(path: Path, key: dict, tokens: TokenSample) -> RepresentationPass:
+    """A cache entry read back; anything else (another key, an old layout) raises: a miss."""
+    entry = torch.load(path, weights_only=True)
+    if entry.get("key") != key:
+        raise ValueError("its key differs")
+    return RepresentationPass.from_state_dict(entry["run"], tokens)
+
+
 def _cache_path(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir() / "representations" / f"{key['model']}-{digest}.pt"
@@ -168,14 +179,14 @@ def measure(m: LoadedModel | StreamedModel, p: RepresentationsParameters) -> Rep
     identity, the token sample and every parameter it depends on."""
     tokens = sample_tokens(m.tokenizer, p.corpus, p.n_sequences, p.seq_len, p.seed)
     lw = LayerwiseModel.from_model(m)
-    key = lw.run_key(m.params, tokens, what="04_representations", skip_first=p.skip_first,
+    key = lw.run_key(m.params, tokens, what="04_representations", layout=CACHE_VERSION, skip_first=p.skip_first,
                      batch_size=p.batch_size, keep_samples=p.keep_samples, seed=p.seed, lens_tokens=p.lens_tokens,
                      max_logit_elements=p.max_logit_elements)
     path = _cache_path(key)
     if p.cache:
-        cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "representations cache entry")
-        if cached is not None and cached.get("key") == key:
-            return RepresentationPass.from_state_dict(cached["run"], tokens)
+        cached = read_cache(path, lambda f: _read_entry(f, key, tokens), "representations cache entry")
+        if cached is not None:
+            return cached
     run = _run(lw, tokens, p)
     if p.cache:
         write_cache(path, lambda f: torch.save({"key": key, "run": run.state_dict()}, f), "representations cache entry")

@@ -129,7 +129,7 @@ class EmbeddingCovariance(LayerConsumer):
         self.accumulator = StreamingCovariance(d)
 
     def on_embedding(self, weight: torch.Tensor) -> None:
-        for rows in weight.detach().split(16384):  # (16384, d) at a time
+        for rows in weight.detach().split(4096):  # (4096, d) at a time: 2 float64 copies of 64 MB at d = 2048
             self.accumulator.update(rows)
 
     def spectra(self) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ eigen_solver: str = "float64"  # eigvalsh precision: "float64" or "float32" (~2x
 majority: float = 0.5  # a trend "holds overall" when it holds in more than this fraction of layers
 rank_rtol: float = 1e-10  # numerical rank: eigenvalues above this fraction of the largest (at least batches x machine epsilon)
 dominant_share: float = 0.5  # a spectrum is dominated by one direction when its top eigenvalue holds more than this share
-cache: bool = False  # cache the accumulators (utils.paths.cache_dir()/activations; 2 D_ff^2 8 bytes per layer)
+cache: bool = True  # reuse cached eigenvalues (utils.paths.cache_dir()/ffn_spectra; 4 L D_ff float64, keyed by weights, tokens and settings)
 
 # %%
 apply_params_file(globals(), "05_ffn_eigenspectrum")  # papermill -f params/<name>.yaml; the params file's overrides

@@ -56,7 +56,7 @@ class FFNParameters(NotebookParameters):
     majority: float = 0.5
     rank_rtol: float = 1e-10
     dominant_share: float = 0.5
-    cache: bool = False
+    cache: bool = True
 
     AT_LEAST = {"n_sequences": 1, "seq_len": 2, "batch_size": 1, "ffn_memory_mb": 0}
     INTERVALS = {"majority": "[0, 1)", "rank_rtol": "(0, 1)", "dominant_share": "(0, 1)"}
@@ -164,6 +164,7 @@ class FFNSpectra:
     eig_post: np.ndarray  # (L, D_ff)
     table: pd.DataFrame  # sink-free metrics, one row per layer
     table_all: pd.DataFrame  # every position
+    from_cache: bool = False  # eigenvalues read from the cache (no pass this run)
 
 
 def _cache_path(key: dict) -> Path:
@@ -194,7 +195,8 @@ def measure(m: LoadedModel | StreamedModel, fp: FFNPlan, p: FFNParameters) -> FF
                                           eigen_solver=p.eigen_solver)
     path = _cache_path(key)
     cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "FFN spectra cache entry") if p.cache else None
-    if cached is not None and cached.get("key") == key:
+    from_cache = cached is not None and cached.get("key") == key
+    if from_cache:
         eig = cached["eigenvalues"]
     else:
         eig = _eigenvalues(fp, p)
@@ -205,7 +207,7 @@ def measure(m: LoadedModel | StreamedModel, fp: FFNPlan, p: FFNParameters) -> FF
     rows = [layer_row(i, e["pre"][i], e["post"][i], fp.rank_floor) for i in range(L)]
     rows_all = [layer_row(i, e["pre_all"][i], e["post_all"][i], fp.rank_floor) for i in range(L)]
     return FFNSpectra(e["pre"], e["post"], metrics_table(rows, p.n_tokens, d_ff),
-                      metrics_table(rows_all, p.n_all_tokens, d_ff))
+                      metrics_table(rows_all, p.n_all_tokens, d_ff), from_cache)
 
 
 @dataclass
@@ -248,6 +250,7 @@ class FFNFindings:
     rank_deficient: bool
     table: pd.DataFrame
     table_all: pd.DataFrame
+    from_cache: bool = False  # the eigenvalues came from the cache
 
     @property
     def L(self) -> int:
@@ -321,7 +324,7 @@ def findings(loaded: LoadedModel | StreamedModel, spectra: FFNSpectra, fp: FFNPl
         loaded.params.name, loaded.dims.d, loaded.dims.d_ff, p.skip_first, p.n_tokens, p.n_all_tokens,
         nerve_verdict(df, p.majority), nerve_verdict(df_all, p.majority), df.layer[~df.holds].tolist(),
         df.layer[df.holds != df_all.holds].tolist(), df.layer[df.top1_post > p.dominant_share].tolist(),
-        p.dominant_share, fp.max_rank, fp.rank_floor, fp.rank_deficient, df, df_all)
+        p.dominant_share, fp.max_rank, fp.rank_floor, fp.rank_deficient, df, df_all, spectra.from_cache)
 
 
 # --- figures ---------------------------------------------------------------------------------------
@@ -408,7 +411,8 @@ def write_report(loaded: LoadedModel | StreamedModel, fp: FFNPlan, found: FFNFin
     report.heading("Pass and memory").paragraph(
         f"On {fp.device}: {fp.describe()}. A Qwen2.5-3B shape (L = 36, D_ff = 11008) at the same token count would "
         f"hold {fp.layer_bytes_3b / 2**20:.0f} MiB per layer. Peak memory of the kernel (RSS) after the pass: "
-        f"{peak_rss_bytes() / 2**30:.2f} GiB.")
+        f"{peak_rss_bytes() / 2**30:.2f} GiB."
+        + (" This run read the eigenvalues from the cache (`cache_dir()/ffn_spectra`): no pass was made." if found.from_cache else ""))
     report.heading("Findings").bullets(found.sentences())
     report.heading("Per layer").table(found.table[["layer", "se_pre", "se_post", "pr_pre", "pr_post", "eee_pre",
                                                    "eee_post", "js", "pr_gain", "top1_post", "rank_pre", "rank_post",

@@ -147,3 +147,19 @@ def test_layer_axes_get_integer_ticks(tmp_path):
     assert not all(float(t).is_integer() for t in axes[0, 1].get_xticks())
     assert not all(float(t).is_integer() for t in axes[0, 0].get_yticks())  # 1..4 in halves: left alone
     plt.close(fig)
+
+
+@pytest.mark.parametrize("n_panels", [1, 3])
+def test_depth_colorbar_does_not_overlap_the_panels_after_saving(n_panels, tmp_path):
+    """The tight layout engine cannot place a colour bar: left on, it drew the panels over the bar
+    at savefig (01's ESD figures); the bar must sit beside every panel in the saved figure."""
+    fig, axes = subplots(1, n_panels, width=6.0, height=4.0)
+    panels = np.asarray(axes).ravel()
+    for ax in panels:
+        ax.loglog([1e-3, 1e-1], [1, 1e3])
+    bar = depth_colorbar(fig, panels, 5)
+    save_figure(fig, tmp_path / "bar.png", close=False)
+    bar_box = bar.ax.get_window_extent()
+    for ax in panels:
+        assert ax.get_window_extent().x1 <= bar_box.x0, "a panel reaches into the colour bar"
+    plt.close(fig)

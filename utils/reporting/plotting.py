@@ -254,6 +254,11 @@ def depth_colorbar(fig, axes, n: int, cmap: str = "coolwarm", label: str = "laye
     mappable = ScalarMappable(norm=Normalize(0, max(n - 1, 1)), cmap=plt.get_cmap(cmap))
     first = np.asarray(axes, dtype=object).flat[0]
     columns = first.get_subplotspec().get_gridspec().ncols  # as laid out: a bar as wide as for one panel
+    # Lay the panels out first, then let the bar take its space from them: the tight layout engine
+    # cannot place a colour bar axes and, left on, would draw the panels over it at savefig.
+    if fig.get_layout_engine() is not None:
+        fig.get_layout_engine().execute(fig)
+        fig.set_layout_engine("none")
     return fig.colorbar(mappable, ax=axes, label=label, fraction=0.15 / columns, pad=0.1 / columns)
 
 

@@ -22,6 +22,7 @@ from utils.metrics.weight_spectra import (
     MP_COLUMNS,
     PRISMA_ALPHA_RANGE,
     RANDOMIZE_COLUMNS,
+    TPL_COLUMNS,
     phase_table,
     sharpest_transitions,
 )
@@ -159,6 +160,20 @@ _OURS = {"eff_rank": "seed `1.py`: exp(entropy of s / sum s)", "rank_slope": "Pr
          "mp_edge": "Prisma: sigma (sqrt(rows) + sqrt(cols))", "mp_signal_ratio": "Prisma: share of s above mp_edge",
          "fro_norm": "||W||_F", "spectral_norm": "s_1 (WeightWatcher's `spectral_norm` is lambda_max: see `lambda_max`)",
          "alpha_xmin": "= WeightWatcher's `xmin`", "alpha_ks": "= WeightWatcher's `D`"}
+_TPL = "fit='TPL': rate of the truncated power law x^-alpha exp(-Lambda x) (utils.metrics.truncated_power_law, via powerlaw 2.0.0)"
+
+
+def fit_sentence(fix_fingers: str, fit: str) -> str:
+    """Which of WeightWatcher's fits gave `alpha`, `xmin`, `D`, `sigma`, `num_pl_spikes` (and the
+    alpha-derived `alpha_weighted`, `log_alpha_norm`) in this run."""
+    kind = "a truncated power law x^-alpha exp(-Lambda x) (WW's fit='TPL', through the powerlaw package)" \
+        if fit == "TPL" else "a power law (WW's fit='PL')"
+    fingers = {"": "xmin over all eigenvalues but the largest (WW's default)",
+               "clip_xmax": "up to 9 top eigenvalues clipped off where that drops alpha by more than 1 "
+                            "(WW's fix_fingers='clip_xmax': num_fingers, raw_alpha)",
+               "xmin_peak": "xmin searched only in WW's window around the peak p of the histogram of log10 lambda, "
+                            "(log10(0.95 p), 1.5 p) as WW writes it (fix_fingers='xmin_peak'; xmax left empty as WW does)"}
+    return f"`alpha` and the other fit columns: {kind}, {fingers[fix_fingers]}."
 
 
 def column_sources(columns) -> pd.DataFrame:
@@ -168,6 +183,8 @@ def column_sources(columns) -> pd.DataFrame:
     for c in columns:
         if c in _OURS:
             rows.append((c, "notebook 01", _OURS[c]))
+        elif c in TPL_COLUMNS:
+            rows.append((c, "WeightWatcher 0.7.7 analyze()", _TPL))
         elif c in ww:
             rows.append((c, "WeightWatcher 0.7.7 analyze()", "same name, same formula (utils.metrics.weightwatcher)"))
         elif c in INTERVAL_COLUMNS:

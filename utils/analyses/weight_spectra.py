@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from utils.metrics.power_law import CLAUSET_P_THRESHOLD
+from utils.metrics.truncated_power_law import tail_density
 from utils.metrics.weight_spectra import (
     FINGER_COLUMNS,
     INTERVAL_COLUMNS,
@@ -203,8 +204,9 @@ def _loghist(ax, evals: np.ndarray, color, bins: int = 100) -> None:
 
 def esd_figure(df: pd.DataFrame, spectra: dict, weight: str, n_layers: int):
     """One weight type's ESDs, every layer on one log-log panel coloured by depth: density of
-    lambda = s^2, the fitted power law p(x) = (alpha - 1)/xmin (x/xmin)^-alpha from xmin (dashed)
-    and xmin (dot); with mp_fit, the MP bulk edge bulk_max (dotted vertical)."""
+    lambda = s^2, the fitted power law p(x) = (alpha - 1)/xmin (x/xmin)^-alpha from xmin (dashed;
+    with fit="TPL" the truncated power law of `tail_density`, its `Lambda`) scaled by the tail's
+    share of the eigenvalues, and xmin (dot); with mp_fit, the MP bulk edge bulk_max (dotted vertical)."""
     fig, axes = subplots(1, 1, width=6.0, height=4.2)
     ax = np.atleast_1d(axes).flat[0]
     colors = depth_colors(max(n_layers, 1))
@@ -214,8 +216,8 @@ def esd_figure(df: pd.DataFrame, spectra: dict, weight: str, n_layers: int):
         _loghist(ax, evals, color)
         if np.isfinite(r.alpha):
             x = np.logspace(np.log10(r.xmin), np.log10(evals.max()), 20)
-            ax.plot(x, (r.alpha - 1) / r.xmin * (x / r.xmin) ** -r.alpha * r.num_pl_spikes / (evals > 0).sum(),
-                    color=color, linestyle="--", linewidth=0.8)
+            density = tail_density(x, r.alpha, r.xmin, getattr(r, "Lambda", 0.0))
+            ax.plot(x, density * r.num_pl_spikes / (evals > 0).sum(), color=color, linestyle="--", linewidth=0.8)
             ax.axvline(r.xmin, color=color, linestyle=":", linewidth=0.5)
         if "bulk_max" in df and np.isfinite(getattr(r, "bulk_max", np.nan)):
             ax.axvline(r.bulk_max, color=color, linestyle="-.", linewidth=0.5)

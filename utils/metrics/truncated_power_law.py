@@ -22,6 +22,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
+import mpmath
 import numpy as np
 import powerlaw
 
@@ -77,3 +78,16 @@ def truncated_columns(evals, fit: TruncatedFit | None) -> dict:
             "sigma": nan, "num_pl_spikes": int((evals >= fit.xmin).sum()), "status": "success",
             "warning": ww_warning(fit.alpha)}
 
+
+
+def tail_density(x: np.ndarray, alpha: float, xmin: float, Lambda: float = 0.0) -> np.ndarray:
+    """The fitted density on x >= xmin, normalised over [xmin, inf): the power law
+    (alpha - 1) / xmin (x / xmin)^-alpha when Lambda = 0, else the truncated power law
+    x^-alpha e^(-Lambda x) Lambda^(1 - alpha) / Gamma(1 - alpha, Lambda xmin) (powerlaw's
+    Truncated_Power_Law._pdf_continuous_normalizer: int_xmin^inf t^-alpha e^(-Lambda t) dt =
+    Lambda^(alpha - 1) Gamma(1 - alpha, Lambda xmin), the upper incomplete gamma, by mpmath)."""
+    x = np.asarray(x, dtype=np.float64)
+    if not Lambda > 0:
+        return (alpha - 1) / xmin * (x / xmin) ** -alpha
+    norm = float(mpmath.gammainc(1 - alpha, Lambda * xmin)) * Lambda ** (alpha - 1)
+    return x**-alpha * np.exp(-Lambda * x) / norm

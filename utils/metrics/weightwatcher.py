@@ -299,7 +299,8 @@ def xmin_peak_range(evals) -> tuple[float, float]:
     """WW's xmin range for fix_fingers="xmin_peak" (WeightWatcher.fit_powerlaw): over the eigenvalues
     above 1e-5, the peak p = 10^(left edge of the fullest of 100 bins of log10 lambda), then the
     range (log10(0.95 p), 1.5 p), as WW builds it: its lower end is a log10, its upper end is not
-    (so the range reaches down to log10(0.95 p), usually below every eigenvalue when p < 10)."""
+    (log10(0.95 p) < 0.95 p for every p > 0: the search reaches far below the peak, to every eigenvalue
+    when p < 1.05, where log10(0.95 p) <= 0)."""
     x = np.asarray(evals, dtype=np.float64)
     x = x[x > WW_EVALS_THRESH]
     counts, edges = np.histogram(np.log10(x), bins=WW_PEAK_BINS)

@@ -1,4 +1,5 @@
-"""Benchmark: notebook 01's computation against WeightWatcher's analyze() on SmolLM2-135M.
+"""Benchmark: notebook 01's computation against WeightWatcher's analyze() on SmolLM2-135M (or another
+params name: `--model llama-3.2-1b-synthetic`, random weights at Llama-3.2-1B's shape).
 
 Both variants start from the loaded model (load time excluded) and compute per-matrix spectral
 metrics for every attention and FFN matrix and the embedding:
@@ -15,7 +16,10 @@ kernel density at each of ~200 sigmas per matrix, far too slow for all 211 on th
 The alphas of the 210 block matrices are matched by layer and module name (Llama names) and
 compared: share of matrices within 1% and 5% of WeightWatcher's alpha, median relative difference.
 
-    .venv/bin/python bench/bench_weight_spectra.py
+On the 1B shape the 128,256 x 2048 embedding is beyond WW's max_N = 50,000 (WW skips it, ours fits
+it) and the model loads in float32 (~5 GB in each child); expect many minutes on two cores.
+
+    .venv/bin/python bench/bench_weight_spectra.py [--model llama-3.2-1b-synthetic]
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import subprocess
 import sys
 import time
 
-MODEL = "smollm2-135m"
+MODEL = "smollm2-135m"  # the default; --model NAME for another params name
+VARIANTS = ("ours", "weightwatcher", "ours-mp_fit", "weightwatcher-mp_fit", "ours-randomize", "weightwatcher-randomize")
 LLAMA_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "ffn_gate",
                "up_proj": "ffn_in", "down_proj": "ffn_out"}
 
@@ -91,13 +96,13 @@ def weightwatcher(loaded) -> dict:
     return {"n_matrices": len(details), "alpha_median": float(details.alpha.median()), "alphas": alphas}
 
 
-def child(variant: str) -> None:
+def child(variant: str, model: str) -> None:
     import torch
 
     from utils.models.loading import load_model
 
     torch.set_num_threads(1)  # both variants on one thread: MKL's threaded LAPACK is slower here
-    loaded = load_model(MODEL)
+    loaded = load_model(model)
     start = time.perf_counter()
     runs = {"ours": ours, "weightwatcher": weightwatcher,
             "ours-mp_fit": lambda m: _option_ours(m, "mp_fit"), "weightwatcher-mp_fit": lambda m: _option_ww(m, "mp_fit"),
@@ -119,13 +124,13 @@ def agreement(a: dict, b: dict) -> dict:
             "median_rel": float(np.median(rel)), "max_rel": float(rel.max())}
 
 
-def main() -> None:
+def main(model: str = MODEL) -> None:
     rows = []
-    for variant in ("ours", "weightwatcher", "ours-mp_fit", "weightwatcher-mp_fit", "ours-randomize",
-                    "weightwatcher-randomize"):
-        done = subprocess.run([sys.executable, __file__, variant], capture_output=True, text=True, check=True)
+    for variant in VARIANTS:
+        done = subprocess.run([sys.executable, __file__, variant, model], capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"## Notebook 01 weight spectra vs WeightWatcher on {MODEL} (load excluded, one thread)\n")
+    print(f"## Notebook 01 weight spectra vs WeightWatcher on {model} (load excluded, one thread; mp_fit and "
+          "randomize on the first two blocks, timed apart)\n")
     print("| variant | matrices | seconds | peak RSS (MB) | median (alpha; mp_softrank; rand_distance) |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -139,5 +144,15 @@ def main() -> None:
           f"largest {agree['max_rel']:.2e}")
 
 
+def _arguments(argv: list[str]) -> tuple[str | None, str]:
+    """(variant or None, model) from `[variant model]` (a child) or `[--model NAME]` (the table)."""
+    if argv and argv[0] in VARIANTS:
+        return argv[0], argv[1] if len(argv) > 1 else MODEL
+    if argv and (argv[0] != "--model" or len(argv) != 2):
+        sys.exit("usage: bench_weight_spectra.py [--model PARAMS_NAME]")
+    return None, argv[1] if argv else MODEL
+
+
 if __name__ == "__main__":
-    child(sys.argv[1]) if len(sys.argv) > 1 else main()
+    variant, model = _arguments(sys.argv[1:])
+    child(variant, model) if variant else main(model)

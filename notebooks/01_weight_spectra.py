@@ -19,7 +19,7 @@
 # power-law alpha of the eigenvalues sigma^2, WeightWatcher's number, and the rank slope of
 # sigma_k against k, the quantity the Prisma write-up calls alpha) and the fraction of singular
 # values above the Marchenko-Pastur noise edge (Prisma); every column of WeightWatcher 0.7.7's
-# `analyze()` frame under its names (its options `mp_fit`, `randomize`, `fix_fingers` as parameters),
+# `analyze()` frame under its names (its options `mp_fit`, `randomize`, `fix_fingers`, `fit` as parameters),
 # bootstrap intervals and a goodness-of-fit p-value for alpha, and the spectra of fine-tuning
 # deltas (`base`) or of a LoRA adapter's updates (`lora`). Then the seed's statistics table,
 # encode/compute/decode phase analysis and sharpest transitions.
@@ -34,6 +34,7 @@ from utils.analyses.weight_spectra import (
     eff_rank_figure,
     esd_figure,
     findings_sentences,
+    fit_sentence,
     layerwise_figure,
     spectra_figure,
     summary_table,
@@ -61,7 +62,8 @@ level: float = 0.95  # coverage of the bootstrap interval
 seed: int = 0  # seed of the bootstrap and of randomize's shuffles
 mp_fit: bool = False  # WeightWatcher's mp_fit: Marchenko-Pastur fit of each ESD (num_spikes, mp_softrank, ...)
 randomize: bool = False  # WeightWatcher's randomize: ESD of the shuffled matrix, correlation traps (one more pass)
-fix_fingers: str = ""  # WeightWatcher's fix_fingers: "" (off) or "clip_xmax"
+fix_fingers: str = ""  # WeightWatcher's fix_fingers: "" (off), "clip_xmax" or "xmin_peak"
+fit: str = "PL"  # WeightWatcher's fit: "PL" or "TPL" (truncated power law, adds Lambda; slow: seconds per matrix)
 base: str = ""  # params name or YAML of a base checkpoint: analyse W - W_base ("" for W itself)
 lora: str = ""  # PEFT LoRA adapter directory of this model: analyse each update s B A ("" for W itself)
 
@@ -69,7 +71,7 @@ lora: str = ""  # PEFT LoRA adapter directory of this model: analyse each update
 apply_params_file(globals(), "01_weight_spectra")  # papermill -f params/<name>.yaml; the params file's overrides
 
 # %%
-options = SpectraOptions(mp_fit=mp_fit, randomize=randomize, fix_fingers=fix_fingers, bootstrap=bootstrap,
+options = SpectraOptions(mp_fit=mp_fit, randomize=randomize, fix_fingers=fix_fingers, fit=fit, bootstrap=bootstrap,
                          level=level, seed=seed)  # checks the options before any tensor is read
 if base and lora:
     raise ValueError("set either base (W - W_base) or lora (a LoRA adapter's updates), not both")
@@ -91,6 +93,9 @@ if lora:
     df, spectra = lora_spectra(lora, adapter, options=options)
 else:
     df, spectra = weight_spectra(adapter, options=options, base=base_loaded.adapter if base else None)
+if df.empty:  # weight_spectra leaves out every matrix equal to the base's
+    raise ValueError(f"W - W_base is zero for every matrix: base={base!r} holds the same weights as model={model!r}; "
+                     "name the checkpoint the model was fine-tuned from (or leave base empty)")
 write_csv(df, out / "weight_spectra.csv")
 weight_types = [w for w in df.weight.unique() if w not in ("embed", "unembed")]
 findings = weight_spectra_findings(df, dims.L, heavy_tail_alpha, level)
@@ -158,6 +163,7 @@ report.bullets([
     f"them): {', '.join(findings.beyond_max_n) or 'none in this model'}; WeightWatcher's `spectral_norm` is lambda_max "
     "(our `lambda_max`), our `spectral_norm` is s_1 (= its `sv_max`); a fused QKV matrix is split into q, k, v and a "
     "tied LM head is analysed once.",
+    fit_sentence(fix_fingers, fit),
 ])
 report.heading("Column sources").table(column_sources(df.columns))
 report.heading("Effective rank statistics by weight type").table(stats, digits=4)

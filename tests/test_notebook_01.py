@@ -6,9 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from utils.metrics.spectra import singular_values
+from utils.metrics.truncated_power_law import truncated_power_law_fit
+from utils.metrics.weightwatcher import xmin_peak_range
 from utils.models.loading import load_model
 
-from .conftest import tiny_model_ids, tiny_models
+from .conftest import TESTS_DIR, tiny_model_ids, tiny_models
 
 
 @pytest.mark.parametrize("path", tiny_models, ids=tiny_model_ids)
@@ -48,3 +51,19 @@ def test_notebook_01(run_notebook, path):
             f"esd_{w}.png" for w in set(df.weight)]:
         assert (out / fig).stat().st_size > 1000
     assert (out / "01_weight_spectra.ipynb").exists()
+
+
+def test_notebook_01_with_weightwatchers_xmin_peak_and_tpl(run_notebook):
+    """fit="TPL" with fix_fingers="xmin_peak" (WW's E_TPL) end to end: the CSV's fit columns are the
+    TPL's over the peak window (`refitted_columns`, compared with WW in tests/test_weightwatcher.py)."""
+    path = str(TESTS_DIR / "params" / "tiny-llama.yaml")
+    out = run_notebook("01_weight_spectra", path, fit="TPL", fix_fingers="xmin_peak", bootstrap=0)
+    df = pd.read_csv(out / "weight_spectra.csv")
+    assert "Lambda" in df.columns and "num_fingers" not in df.columns
+    fitted = df[df.status == "success"]
+    assert len(fitted) >= len(df) - 2 and (fitted.Lambda >= 0).all() and fitted.sigma.isna().all()
+    r = fitted[fitted.layer >= 0].iloc[0]
+    evals = singular_values(load_model(path).adapter.weight_matrices(int(r.layer))[r.weight]).numpy() ** 2
+    ref = truncated_power_law_fit(evals, xmin_peak_range(evals))
+    assert r.alpha == pytest.approx(ref.alpha, rel=1e-5) and r.Lambda == pytest.approx(ref.Lambda, rel=1e-4, abs=1e-9)
+    assert "truncated power law" in (out / "report.md").read_text()

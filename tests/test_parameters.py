@@ -172,3 +172,11 @@ def test_parameters_cell_reads_an_ipynb_as_its_py(tmp_path):
     ipynb = tmp_path / f"{NB}.ipynb"
     jupytext.write(jupytext.read(NOTEBOOKS_DIR / f"{NB}.py"), ipynb)
     assert parameters_cell(ipynb) == parameters_cell(NB) and parameter_types(ipynb) == parameter_types(NB)
+
+
+@pytest.mark.parametrize("name, value", [("fit", "tpl"), ("fix_fingers", "xmin_max"), ("level", 1.0)])
+def test_notebook_01_weightwatcher_options_are_checked_before_a_kernel(name, value):
+    types = parameter_types("01_weight_spectra")
+    with pytest.raises(ParamsError, match=f"parameter {name} of 01_weight_spectra must be"):
+        check_parameters("01_weight_spectra", {name: value}, types)
+    assert check_parameters("01_weight_spectra", {"fit": "TPL", "fix_fingers": "xmin_peak"}, types)["fit"] == "TPL"

@@ -5,19 +5,29 @@ quarter-circle path of mp_fit; fewer than 20 eigenvalues: WW's small-N fit), rea
 matrices, and a tiny Llama end to end. randomize: WW's shuffles come from numpy's global
 generator, so `np.random.seed(s)` before analyze() and our RandomState(s) draw the same
 permutations: compared value for value, not in distribution.
+
+fix_fingers="xmin_peak" and fit="TPL" run in WW only through `pl_package="powerlaw"`, and WW 0.7.7
+hands `powerlaw.Fit` a `distribution=` keyword that the installed powerlaw 2.0.0 refuses (every
+layer "failed": `test_weightwatcher_as_installed_fails_xmin_peak_and_tpl`). The references below
+run WW's own analyze() with that keyword dropped (`_powerlaw_as_ww_calls_it`); for xmin_peak also
+with powerlaw's power-law estimator back to the closed-form MLE at every alpha, as powerlaw 1.x
+and WW's own fit compute it (powerlaw 2.0 bounds alpha to (0, 3) and refits numerically outside
+(1.5, 3]); WW's window, powerlaw's candidates, KS distance and choice stay theirs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import types
 
 import numpy as np
 import pytest
 import torch
 
 from utils.metrics.spectra import entry_std, fit_power_law, singular_values
-from utils.metrics.weight_spectra import FINGER_COLUMNS, MP_COLUMNS, RANDOMIZE_COLUMNS, SpectraOptions, matrix_row, weight_spectra
-from utils.metrics.weightwatcher import WW_DEFAULT_COLUMNS, clipped_power_law_fit, matrix_rank, ww_summary
+from utils.metrics.weight_spectra import FINGER_COLUMNS, MP_COLUMNS, RANDOMIZE_COLUMNS, SpectraOptions, matrix_row, refitted_columns, weight_spectra
+from utils.metrics.weightwatcher import WW_DEFAULT_COLUMNS, clipped_power_law_fit, matrix_rank, peak_power_law_fit, ww_summary, xmin_peak_range
 
 ww = pytest.importorskip("weightwatcher")
 logging.getLogger("weightwatcher").setLevel(logging.ERROR)
@@ -192,6 +202,151 @@ def test_clip_xmax_without_fingers_keeps_the_fit():
 
 def test_bad_options_fail_before_any_work():
     with pytest.raises(ValueError, match="xmin_peak"):
-        SpectraOptions(fix_fingers="xmin_peak")
+        SpectraOptions(fix_fingers="xmin_max")
+    with pytest.raises(ValueError, match="TPL"):
+        SpectraOptions(fit="tpl")
+    with pytest.raises(ValueError, match="clip_xmax"):
+        SpectraOptions(fit="TPL", fix_fingers="clip_xmax")
     with pytest.raises(ValueError, match="bootstrap"):
         SpectraOptions(bootstrap=1)
+
+
+# --- fix_fingers="xmin_peak" and fit="TPL" ----------------------------------------------------------
+
+PEAK_COLUMNS = ["alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "status", "warning", "alpha_weighted",
+                "log_alpha_norm"]
+
+
+@contextlib.contextmanager
+def _powerlaw_as_ww_calls_it(closed_form: bool):
+    """WW's powerlaw path runnable on powerlaw 2.0.0: `distribution=` dropped from Fit(...); with
+    `closed_form`, Power_Law's alpha is the closed-form MLE (its initial value) at every alpha > 1."""
+    import powerlaw
+    from weightwatcher import WW_powerlaw
+
+    ranges = {"parameter_ranges": {"alpha": [1, None]}} if closed_form else {}
+
+    def fit(data, distribution=None, **kwargs):
+        return powerlaw.Fit(data, **ranges, **kwargs)
+
+    saved_module, saved_fit = WW_powerlaw.powerlaw, powerlaw.Power_Law.fit
+    WW_powerlaw.powerlaw = types.SimpleNamespace(Fit=fit)
+    if closed_form:
+        powerlaw.Power_Law.fit = lambda self, data=None: self.compute_distance_metrics()
+    try:
+        yield
+    finally:
+        WW_powerlaw.powerlaw, powerlaw.Power_Law.fit = saved_module, saved_fit
+
+
+def _small() -> list[torch.Tensor]:
+    """Matrices with few eigenvalues (the TPL fit costs seconds per hundred) and a SmolLM2 key."""
+    torch.manual_seed(11)
+    mats = [torch.distributions.StudentT(torch.tensor(2.5)).sample(s).float() for s in [(90, 60), (64, 24), (40, 15)]]
+    from utils import load_weights
+
+    return mats + [load_weights("smollm2-135m").adapter.weight_matrices(5)["k"]]
+
+
+@pytest.fixture(scope="module")
+def peak_frames():
+    out = {}
+    for label, mats in (("heavy", _heavy_tailed()), ("smollm2", _smollm2())):
+        with _powerlaw_as_ww_calls_it(closed_form=True):
+            theirs = ww.WeightWatcher(model=_model(mats)).analyze(fix_fingers="xmin_peak", pl_package="powerlaw")
+        out[label] = {"mats": mats, "ww": theirs, "ours": _ours(mats, SpectraOptions(fix_fingers="xmin_peak"))}
+    return out
+
+
+@pytest.fixture(scope="module")
+def tpl_frames():
+    mats = _small()
+    watcher = ww.WeightWatcher(model=_model(mats))
+    with _powerlaw_as_ww_calls_it(closed_form=False):
+        tpl = watcher.analyze(fit="TPL", pl_package="powerlaw")
+        etpl = watcher.analyze(fit="E_TPL", pl_package="powerlaw")
+    return {"TPL": {"mats": mats, "ww": tpl, "ours": _ours(mats, SpectraOptions(fit="TPL"))},
+            "E_TPL": {"mats": mats, "ww": etpl, "ours": _ours(mats, SpectraOptions(fit="TPL", fix_fingers="xmin_peak"))}}
+
+
+def _compare_fit(ours: list[dict], theirs, column: str) -> None:
+    """As `_compare`, where WW fails a fit (status "failed": it writes -1 and columns derived from
+    -1; ours NaN, num_pl_spikes -1), writes None for xmax (ours NaN) and NaN for a TPL's sigma."""
+    assert len(ours) == len(theirs)
+    for mine, (_, ref) in zip(ours, theirs.iterrows()):
+        if column in ("status", "num_pl_spikes") or (column == "warning" and ref["status"] != "failed"):
+            assert str(mine[column]) == str(ref[column]), column
+        elif ref["status"] == "failed" or column == "xmax":
+            assert mine["status"] == ref["status"] and (column == "warning" or np.isnan(mine[column])), column
+            assert column != "xmax" or ref[column] is None or float(ref[column]) == -1, column
+        elif np.isnan(float(ref[column])):
+            assert np.isnan(mine[column]), column
+        else:
+            assert mine[column] == pytest.approx(float(ref[column]), rel=1e-6, abs=1e-12), column
+
+
+@pytest.mark.parametrize("label", ["heavy", "smollm2"])
+@pytest.mark.parametrize("column", PEAK_COLUMNS)
+def test_xmin_peak_column_equals_weightwatcher(peak_frames, label, column):
+    f = peak_frames[label]
+    skipped = {i for i, W in enumerate(f["mats"]) if min(W.shape) < 8}
+    _compare_fit([r for i, r in enumerate(f["ours"]) if i not in skipped], f["ww"], column)
+
+
+def test_xmin_peak_fits_where_weightwatcher_fits(peak_frames):
+    """The comparison above is not vacuous: most matrices are fitted, xmin moved off the default one."""
+    for f in peak_frames.values():
+        fitted = [r for r in f["ours"] if r["status"] == "success"]
+        assert len(fitted) >= len(f["ours"]) - 2
+    assert any(r["xmin"] != d["xmin"] for r, d in zip(peak_frames["heavy"]["ours"], frames_default(peak_frames["heavy"])))
+
+
+def frames_default(f) -> list[dict]:
+    return _ours(f["mats"], SpectraOptions())
+
+
+def test_xmin_peak_window_is_weightwatchers():
+    """WW's peak: the left edge of the fullest of 100 log10 bins; its range mixes log10 and linear ends."""
+    x = np.exp(np.random.default_rng(0).normal(3.0, 1.0, 500))
+    counts, edges = np.histogram(np.log10(x), bins=100)
+    peak = 10 ** edges[np.argmax(counts)]
+    assert xmin_peak_range(x) == pytest.approx((np.log10(0.95 * peak), 1.5 * peak))
+    fit = peak_power_law_fit(x)
+    assert fit.xmin < 1.5 * peak and fit.n_tail == (x >= fit.xmin).sum()
+
+
+@pytest.mark.parametrize("label", ["TPL", "E_TPL"])
+@pytest.mark.parametrize("column", PEAK_COLUMNS + ["Lambda"])
+def test_truncated_power_law_column_equals_weightwatcher(tpl_frames, label, column):
+    f = tpl_frames[label]
+    _compare_fit(f["ours"], f["ww"], column)
+
+
+def test_truncated_power_law_is_fitted(tpl_frames):
+    """The comparison above is not vacuous: TPL fits every matrix, E_TPL all but those whose peak
+    window holds fewer than 2 eigenvalues (WW fails them too), and the fit is not the power law's."""
+    for label, f in tpl_frames.items():
+        fitted = [r for r in f["ours"] if r["status"] == "success"]
+        assert len(fitted) >= len(f["ours"]) - (label == "E_TPL"), [r["status"] for r in f["ours"]]
+        assert all(r["Lambda"] >= 0 and np.isfinite(r["alpha"]) and np.isnan(r["sigma"]) for r in fitted)
+    default = _ours(tpl_frames["TPL"]["mats"], SpectraOptions())
+    assert any(r["alpha"] != pytest.approx(d["alpha"], rel=1e-3) for r, d in zip(tpl_frames["TPL"]["ours"], default))
+
+
+def test_weightwatcher_as_installed_fails_xmin_peak_and_tpl():
+    """Why the references above patch powerlaw's call: as installed, WW 0.7.7 fails every layer with
+    xmin_peak (its own package cannot take a range, powerlaw 2.0 refuses `distribution=`) and TPL.
+    When this fails, WW or powerlaw changed: compare without `_powerlaw_as_ww_calls_it`."""
+    model = _model(_heavy_tailed()[:2])
+    watcher = ww.WeightWatcher(model=model)
+    assert set(watcher.analyze(fix_fingers="xmin_peak").status) == {"failed"}
+    assert set(watcher.analyze(fix_fingers="xmin_peak", pl_package="powerlaw").status) == {"failed"}
+    assert set(watcher.analyze(fit="TPL", pl_package="powerlaw").status) == {"failed"}
+
+
+def test_refitted_columns_recompute_the_alpha_columns():
+    W = _heavy_tailed()[1]
+    s = singular_values(W).numpy()
+    row = refitted_columns(s**2, s, *W.shape, SpectraOptions(fix_fingers="xmin_peak"))
+    assert row["alpha_weighted"] == pytest.approx(row["alpha"] * np.log10(s[0] ** 2))
+    assert row["alpha_xmin"] == row["xmin"] and row["alpha_ks"] == row["D"]

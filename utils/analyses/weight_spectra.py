@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from utils.metrics.power_law import CLAUSET_P_THRESHOLD
+from utils.metrics.truncated_power_law import tail_density
 from utils.metrics.weight_spectra import (
     FINGER_COLUMNS,
     INTERVAL_COLUMNS,
@@ -22,6 +23,7 @@ from utils.metrics.weight_spectra import (
     MP_COLUMNS,
     PRISMA_ALPHA_RANGE,
     RANDOMIZE_COLUMNS,
+    TPL_COLUMNS,
     phase_table,
     sharpest_transitions,
 )
@@ -159,6 +161,20 @@ _OURS = {"eff_rank": "seed `1.py`: exp(entropy of s / sum s)", "rank_slope": "Pr
          "mp_edge": "Prisma: sigma (sqrt(rows) + sqrt(cols))", "mp_signal_ratio": "Prisma: share of s above mp_edge",
          "fro_norm": "||W||_F", "spectral_norm": "s_1 (WeightWatcher's `spectral_norm` is lambda_max: see `lambda_max`)",
          "alpha_xmin": "= WeightWatcher's `xmin`", "alpha_ks": "= WeightWatcher's `D`"}
+_TPL = "fit='TPL': rate of the truncated power law x^-alpha exp(-Lambda x) (utils.metrics.truncated_power_law, via powerlaw 2.0.0)"
+
+
+def fit_sentence(fix_fingers: str, fit: str) -> str:
+    """Which of WeightWatcher's fits gave `alpha`, `xmin`, `D`, `sigma`, `num_pl_spikes` (and the
+    alpha-derived `alpha_weighted`, `log_alpha_norm`) in this run."""
+    kind = "a truncated power law x^-alpha exp(-Lambda x) (WW's fit='TPL', through the powerlaw package)" \
+        if fit == "TPL" else "a power law (WW's fit='PL')"
+    fingers = {"": "xmin over all eigenvalues but the largest (WW's default)",
+               "clip_xmax": "up to 9 top eigenvalues clipped off where that drops alpha by more than 1 "
+                            "(WW's fix_fingers='clip_xmax': num_fingers, raw_alpha)",
+               "xmin_peak": "xmin searched only in WW's window around the peak p of the histogram of log10 lambda, "
+                            "(log10(0.95 p), 1.5 p) as WW writes it (fix_fingers='xmin_peak'; xmax left empty as WW does)"}
+    return f"`alpha` and the other fit columns: {kind}, {fingers[fix_fingers]}."
 
 
 def column_sources(columns) -> pd.DataFrame:
@@ -168,6 +184,8 @@ def column_sources(columns) -> pd.DataFrame:
     for c in columns:
         if c in _OURS:
             rows.append((c, "notebook 01", _OURS[c]))
+        elif c in TPL_COLUMNS:
+            rows.append((c, "WeightWatcher 0.7.7 analyze()", _TPL))
         elif c in ww:
             rows.append((c, "WeightWatcher 0.7.7 analyze()", "same name, same formula (utils.metrics.weightwatcher)"))
         elif c in INTERVAL_COLUMNS:
@@ -186,8 +204,9 @@ def _loghist(ax, evals: np.ndarray, color, bins: int = 100) -> None:
 
 def esd_figure(df: pd.DataFrame, spectra: dict, weight: str, n_layers: int):
     """One weight type's ESDs, every layer on one log-log panel coloured by depth: density of
-    lambda = s^2, the fitted power law p(x) = (alpha - 1)/xmin (x/xmin)^-alpha from xmin (dashed)
-    and xmin (dot); with mp_fit, the MP bulk edge bulk_max (dotted vertical)."""
+    lambda = s^2, the fitted power law p(x) = (alpha - 1)/xmin (x/xmin)^-alpha from xmin (dashed;
+    with fit="TPL" the truncated power law of `tail_density`, its `Lambda`) scaled by the tail's
+    share of the eigenvalues, and xmin (dot); with mp_fit, the MP bulk edge bulk_max (dotted vertical)."""
     fig, axes = subplots(1, 1, width=6.0, height=4.2)
     ax = np.atleast_1d(axes).flat[0]
     colors = depth_colors(max(n_layers, 1))
@@ -197,8 +216,8 @@ def esd_figure(df: pd.DataFrame, spectra: dict, weight: str, n_layers: int):
         _loghist(ax, evals, color)
         if np.isfinite(r.alpha):
             x = np.logspace(np.log10(r.xmin), np.log10(evals.max()), 20)
-            ax.plot(x, (r.alpha - 1) / r.xmin * (x / r.xmin) ** -r.alpha * r.num_pl_spikes / (evals > 0).sum(),
-                    color=color, linestyle="--", linewidth=0.8)
+            density = tail_density(x, r.alpha, r.xmin, getattr(r, "Lambda", 0.0))
+            ax.plot(x, density * r.num_pl_spikes / (evals > 0).sum(), color=color, linestyle="--", linewidth=0.8)
             ax.axvline(r.xmin, color=color, linestyle=":", linewidth=0.5)
         if "bulk_max" in df and np.isfinite(getattr(r, "bulk_max", np.nan)):
             ax.axvline(r.bulk_max, color=color, linestyle="-.", linewidth=0.5)

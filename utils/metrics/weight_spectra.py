@@ -18,14 +18,18 @@ from tqdm.auto import tqdm
 from utils.metrics.deltas import block_matrices, delta_matrices, lora_updates
 from utils.metrics.power_law import alpha_interval, power_law_pvalue
 from utils.metrics.spectra import entry_std, singular_values, spectrum_weight_metrics
+from utils.metrics.truncated_power_law import truncated_columns, truncated_power_law_fit
 from utils.metrics.weightwatcher import (
     WW_DEFAULT_COLUMNS,
     clipped_columns,
     clipped_power_law_fit,
     correlation_traps,
     marchenko_pastur_fit,
+    peak_columns,
+    peak_power_law_fit,
     resolved_singular_values,
     ww_columns,
+    xmin_peak_range,
 )
 from utils.models.adapters import WeightAdapter
 
@@ -34,9 +38,11 @@ METRIC_COLUMNS = ["eff_rank", "stable_rank", "spectral_norm", "fro_norm", "alpha
 MP_COLUMNS = ["num_spikes", "sigma_mp", "mp_softrank", "bulk_min", "bulk_max", "W_scale"]
 RANDOMIZE_COLUMNS = ["max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "rand_num_spikes", "num_traps",
                      "rand_sigma_mp", "rand_mp_softrank", "rand_W_scale", "rand_bulk_max", "rand_bulk_min"]
-FINGER_COLUMNS = ["num_fingers", "raw_alpha"]
+FINGER_COLUMNS = ["num_fingers", "raw_alpha"]  # fix_fingers="clip_xmax" only (xmin_peak adds no column)
+TPL_COLUMNS = ["Lambda"]  # fit="TPL"
 INTERVAL_COLUMNS = ["alpha_low", "alpha_high", "alpha_std", "alpha_p"]
-FIX_FINGERS = ("", "clip_xmax")
+FIX_FINGERS = ("", "clip_xmax", "xmin_peak")
+FITS = ("PL", "TPL")
 # The Prisma write-up's "power-law alpha" of Prisma 357M and GPT-2 Medium (seed 000): a rank-slope
 # magnitude (`utils.metrics.spectra.rank_slope`), not WeightWatcher's alpha.
 PRISMA_ALPHA_RANGE = (0.25, 0.35)
@@ -46,28 +52,36 @@ PRISMA_ALPHA_RANGE = (0.25, 0.35)
 class SpectraOptions:
     """What to compute beside the default columns (each off by default: each costs passes).
 
-    mp_fit, randomize, fix_fingers: WeightWatcher's options of the same names (randomize draws
+    mp_fit, randomize, fix_fingers, fit: WeightWatcher's options of the same names (randomize draws
     numpy's RandomState(seed) in WW's order, so `np.random.seed(seed)` before WW's analyze()
-    gives the same shuffles); bootstrap: resamples for the interval of alpha at `level` and
-    synthetic samples for its goodness-of-fit p-value (`utils.metrics.power_law`; 0: none)."""
+    gives the same shuffles; fix_fingers "clip_xmax" or "xmin_peak"; fit "PL" or "TPL", the
+    truncated power law, with "xmin_peak" WW's E_TPL); bootstrap: resamples for the interval of
+    the default fit's alpha at `level` and synthetic samples for its goodness-of-fit p-value
+    (`utils.metrics.power_law`; 0: none)."""
 
     mp_fit: bool = False
     randomize: bool = False
     fix_fingers: str = ""
+    fit: str = "PL"
     bootstrap: int = 0
     level: float = 0.95
     seed: int = 0
 
     def __post_init__(self):
         if self.fix_fingers not in FIX_FINGERS:
-            raise ValueError(f"fix_fingers={self.fix_fingers!r}: use '' (off) or 'clip_xmax'; WeightWatcher's "
-                             "'xmin_peak' needs the `powerlaw` package's fit and is not offered")
+            raise ValueError(f"fix_fingers={self.fix_fingers!r}: use '' (off), 'clip_xmax' or 'xmin_peak'")
+        if self.fit not in FITS:
+            raise ValueError(f"fit={self.fit!r}: use 'PL' (power law) or 'TPL' (truncated power law)")
+        if self.fit == "TPL" and self.fix_fingers == "clip_xmax":
+            raise ValueError("fit='TPL' with fix_fingers='clip_xmax': WeightWatcher clips power-law fits only; "
+                             "use fix_fingers='' or 'xmin_peak' with TPL")
         if self.bootstrap < 0 or self.bootstrap == 1 or not 0 < self.level < 1:
             raise ValueError(f"bootstrap={self.bootstrap} must be 0 (off) or >= 2, level={self.level} in (0, 1)")
 
     def columns(self) -> list[str]:
         return (MP_COLUMNS * self.mp_fit + RANDOMIZE_COLUMNS * self.randomize
-                + FINGER_COLUMNS * bool(self.fix_fingers) + INTERVAL_COLUMNS * bool(self.bootstrap))
+                + FINGER_COLUMNS * (self.fix_fingers == "clip_xmax") + TPL_COLUMNS * (self.fit == "TPL")
+                + INTERVAL_COLUMNS * bool(self.bootstrap))
 
 
 def matrix_row(s: np.ndarray, rows: int, cols: int, sigma: float, options: SpectraOptions,
@@ -80,10 +94,8 @@ def matrix_row(s: np.ndarray, rows: int, cols: int, sigma: float, options: Spect
     resolved = resolved_singular_values(W, s) if W is not None else s
     row = {**m, **ww_columns(resolved, rows, cols, fit)}
     evals = s**2
-    if options.fix_fingers and fit is not None:
-        clipped = clipped_power_law_fit(evals)
-        row.update(ww_columns(resolved, rows, cols, clipped.fit), **clipped_columns(evals, clipped),
-                   alpha_xmin=clipped.fit.xmin, alpha_ks=clipped.fit.ks_distance)
+    if (options.fix_fingers or options.fit != "PL") and fit is not None:
+        row.update(refitted_columns(evals, resolved, rows, cols, options))
     if options.mp_fit:
         row.update(marchenko_pastur_fit(evals, max(rows, cols), min(rows, cols)).row())
     if options.randomize:
@@ -93,6 +105,27 @@ def matrix_row(s: np.ndarray, rows: int, cols: int, sigma: float, options: Spect
         row.update(alpha_low=ci.low, alpha_high=ci.high, alpha_std=ci.std,
                    alpha_p=power_law_pvalue(evals, fit, options.bootstrap, options.seed))
     return row
+
+
+def refitted_columns(evals: np.ndarray, resolved: np.ndarray, rows: int, cols: int, options: SpectraOptions) -> dict:
+    """The fit columns under WW's fix_fingers / fit options, with the default frame's alpha-derived
+    columns (alpha_weighted, log_alpha_norm) recomputed from the new alpha, as WW does; alpha_xmin
+    and alpha_ks follow the fit kept. clip_xmax: `clipped_power_law_fit`; xmin_peak:
+    `peak_power_law_fit` over `xmin_peak_range`; TPL: `truncated_power_law_fit` (over that range
+    with xmin_peak)."""
+    if options.fit == "TPL":
+        window = xmin_peak_range(evals) if options.fix_fingers == "xmin_peak" else None
+        tpl = truncated_power_law_fit(evals, window)
+        fit, extra = (tpl.as_power_law() if tpl else None), truncated_columns(evals, tpl)
+    elif options.fix_fingers == "clip_xmax":
+        clipped = clipped_power_law_fit(evals)
+        fit, extra = clipped.fit, clipped_columns(evals, clipped)
+    else:
+        fit = peak_power_law_fit(evals)
+        extra = peak_columns(evals, fit)
+    nan = float("nan")
+    return {**ww_columns(resolved, rows, cols, fit), **extra, "alpha_xmin": fit.xmin if fit else nan,
+            "alpha_ks": fit.ks_distance if fit else nan}
 
 
 def _table(records: list[dict], options: SpectraOptions) -> tuple[pd.DataFrame, dict]:

@@ -26,7 +26,8 @@ Default frame (`apply_esd`, `apply_powerlaw`, `apply_norm_metrics`):
 log_spectral_norm, stable_rank (and mp_softrank when present): `ww_summary`.
 
 Options: `mp_fit=True` (`marchenko_pastur_fit`), `randomize=True` (`correlation_traps`),
-`fix_fingers="clip_xmax"` (`clipped_power_law_fit`).
+`fix_fingers="clip_xmax"` (`clipped_power_law_fit`), `fix_fingers="xmin_peak"` (`peak_power_law_fit`);
+`fit="TPL"` is in `utils.metrics.truncated_power_law` (it needs the `powerlaw` package itself).
 """
 
 from __future__ import annotations
@@ -287,3 +288,80 @@ def clipped_columns(evals: np.ndarray, clipped: ClippedFit) -> dict:
     return {"alpha": f.alpha, "xmin": f.xmin, "xmax": float(kept.max()), "D": f.ks_distance,
             "sigma": (f.alpha - 1) / math.sqrt(f.n_tail), "num_pl_spikes": int((evals >= f.xmin).sum()),
             "num_fingers": clipped.num_fingers, "raw_alpha": clipped.raw_alpha, "warning": ww_warning(f.alpha)}
+
+
+# --- fix_fingers="xmin_peak" ------------------------------------------------------------------------
+
+WW_PEAK_BINS = 100  # xmin_peak: bins of the histogram of log10 lambda whose fullest bin is the peak
+
+
+def xmin_peak_range(evals) -> tuple[float, float]:
+    """WW's xmin range for fix_fingers="xmin_peak" (WeightWatcher.fit_powerlaw): over the eigenvalues
+    above 1e-5, the peak p = 10^(left edge of the fullest of 100 bins of log10 lambda), then the
+    range (log10(0.95 p), 1.5 p), as WW builds it: its lower end is a log10, its upper end is not
+    (log10(0.95 p) < 0.95 p for every p > 0: the search reaches far below the peak, to every eigenvalue
+    when p < 1.05, where log10(0.95 p) <= 0)."""
+    x = np.asarray(evals, dtype=np.float64)
+    x = x[x > WW_EVALS_THRESH]
+    counts, edges = np.histogram(np.log10(x), bins=WW_PEAK_BINS)
+    peak = 10 ** edges[np.argmax(counts)]
+    return float(np.log10(0.95 * peak)), float(1.5 * peak)
+
+
+def _unique_tail_ks(x: np.ndarray, k: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """KS distance of the power law from xmin = u_k for candidates k, as `powerlaw` computes it
+    (Distribution.compute_distance_metrics with its parent Fit's CDF): over the unique values u_j
+    >= u_k with first index f_j in the sorted x, D = max_j |1 - (u_j/u_k)^(1-alpha) - (f_j - f_k)/(N - f_k)|
+    (its empirical CDF at the lower steps, as WW's own fit). Vectorised in candidate blocks."""
+    u, first = np.unique(x, return_index=True)
+    logu, N = np.log(u), x.size
+    ks = np.empty(k.size)
+    rows = max(1, (1 << 16) // u.size)
+    for a in range(0, k.size, rows):
+        kb, al = k[a:a + rows], alpha[a:a + rows, None]
+        j = np.arange(u.size)[None, :]
+        tail = j >= kb[:, None]
+        rel = np.where(tail, logu[None, :] - logu[kb, None], 0.0)
+        steps = (first[None, :] - first[kb, None]) / (N - first[kb, None])
+        d = np.abs(1.0 - np.exp((1.0 - al) * rel) - steps)
+        ks[a:a + rows] = np.where(tail, d, 0.0).max(axis=1)
+    return ks
+
+
+def peak_power_law_fit(evals, xmin_range: tuple[float, float] | None = None) -> PowerLawFit | None:
+    """WW's `fix_fingers="xmin_peak"` fit: the power-law fit of `fit_power_law` with xmin searched
+    only among the eigenvalues in `xmin_peak_range` (WW hands the range to `powerlaw.Fit`, whose
+    find_xmin takes the unique eigenvalues in [low, high) but the largest of them). For each
+    candidate u_k, n = #{lambda >= u_k}, the continuous MLE alpha = 1 + n / sum log(lambda / u_k),
+    D as in `_unique_tail_ks`; the first smallest D wins; sigma = (alpha - 1) / sqrt n.
+    The estimator is the closed form at every alpha, as WW's own fit and powerlaw <= 1.5 do
+    (powerlaw 2.0 caps alpha at 3, see tests/test_weightwatcher.py). None where fewer than 2
+    candidates are in range (WW: status "failed")."""
+    x = np.sort(np.asarray(evals, dtype=np.float64))
+    x = x[x > WW_EVALS_THRESH]
+    low, high = xmin_range or xmin_peak_range(x)
+    u, first = np.unique(x, return_index=True)
+    k = np.flatnonzero((u >= min(low, high)) & (u < max(low, high)))[:-1]
+    if k.size < 2:
+        return None
+    n = x.size - first[k]
+    suffix = np.concatenate([np.cumsum(np.log(x)[::-1])[::-1], [0.0]])
+    alpha = 1.0 + n / (suffix[first[k]] - n * np.log(u[k]))
+    ks = _unique_tail_ks(x, k, alpha)
+    best = int(np.argmin(ks))
+    return PowerLawFit(float(alpha[best]), float(u[k[best]]), float(ks[best]), int(n[best]))
+
+
+def peak_columns(evals: np.ndarray, fit: PowerLawFit | None) -> dict:
+    """The columns WW writes with fix_fingers="xmin_peak" (apply_powerlaw from fit_powerlaw): alpha,
+    xmin, D, sigma = (alpha - 1) / sqrt(n_tail), num_pl_spikes = #{lambda >= xmin}, status, warning;
+    xmax NaN (WW writes powerlaw's Fit.xmax, None without an xmax). No fit: NaN and "failed"
+    (WW writes -1 there)."""
+    if fit is None:
+        nan = float("nan")
+        return {"alpha": nan, "xmin": nan, "xmax": nan, "D": nan, "sigma": nan, "num_pl_spikes": -1,
+                "status": "failed", "warning": ""}
+    evals = np.asarray(evals, dtype=np.float64)
+    return {"alpha": fit.alpha, "xmin": fit.xmin, "xmax": float("nan"), "D": fit.ks_distance,
+            "sigma": (fit.alpha - 1) / math.sqrt(fit.n_tail), "num_pl_spikes": int((evals >= fit.xmin).sum()),
+            "status": "success", "warning": ww_warning(fit.alpha)}

@@ -108,6 +108,10 @@ RULES: dict[str, Rule] = {
 }
 # A notebook's own bounds (they win over RULES).
 NOTEBOOK_RULES: dict[str, dict[str, Rule]] = {
+    "01_weight_spectra": {
+        "fix_fingers": choices("", "clip_xmax", "xmin_peak"), "fit": choices("PL", "TPL"), "bootstrap": at_least(0),
+        "level": FRACTION_OPEN,
+    },
     "02_attention_kernels": {"layer": at_least(-1), "complex_rtol": FRACTION_OPEN},
     "03_subspace_geometry": {"k": at_least(1), "reference_layer": Rule(pattern=r"auto|\d+")},
     "04_representations": {

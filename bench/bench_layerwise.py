@@ -2,14 +2,14 @@
 the notebooks now run (`utils.engine.layerwise`), each in its own process: wall, CPU time, peak RSS.
 
     .venv/bin/python bench/bench_layerwise.py [--model llama-3.2-1b-synthetic] [--engines new old]
-        [--parts 04 05] [--separate] [--n-sequences 16] [--seq-len 128] [--lens-tokens 512]
+        [--parts 04 05] [--together] [--n-sequences 16] [--seq-len 128] [--lens-tokens 512]
         [--dtype float32|bfloat16] [--device cpu|cuda] [--solver float64|float32]
 
 - new: exactly the notebooks' code, `open_model` (nothing read) then 04's `representations.measure`
   (residual covariances, CKA samples, logit lens, drift, embedding covariance in one layer-major
   pass) and 05's `ffn_eigenspectrum.plan` + `measure` (one layer-major pass, each layer reduced to
   eigenvalues before the next block; the N x N centred Gram when every problem has fewer rows
-  than D_ff). With `--separate`, 04 and 05 each run in their own process (each part's peak RSS).
+  than D_ff). 04 and 05 each run in their own process (each part's peak RSS; `--together`: one).
 - old: `load_model` (every weight resident in the params dtype); 04: `collect_activations` with the
   CKA samples, `LogitLens` and `Drift`, then the L + 1 residual eigenvalue problems; 05: the FFN
   pass plan of `default_ffn_budget`, one `collect_activations` per group, per layer the pre/post
@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="override the params file's dtype")
     ap.add_argument("--device", choices=["cpu", "cuda"], help="override the params file's device")
     ap.add_argument("--solver", choices=["float64", "float32"], default="float64", help="notebook 05's eigen_solver")
-    ap.add_argument("--separate", action="store_true", help="each part (04, 05) in its own process")
+    ap.add_argument("--together", action="store_true", help="04 and 05 in one process (default: each in its own)")
     ap.add_argument("--child", choices=["new", "old"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -149,8 +149,8 @@ def main() -> None:
           f"{args.lens_tokens} lens tokens, {args.threads} thread(s)")
     print("| engine | wall (s) | CPU (s) | peak RSS (GiB) | load before / after | PR_post last FFN | "
           "final eig sum | lens CE final |\n|---|---|---|---|---|---|---|---|")
-    runs = [(e, [part]) for e in args.engines for part in args.parts] if args.separate else \
-        [(e, args.parts) for e in args.engines]
+    runs = [(e, args.parts) for e in args.engines] if args.together else \
+        [(e, [part]) for e in args.engines for part in args.parts]
     for engine, parts in runs:
         before = _load()
         cmd = [sys.executable, __file__, "--child", engine] + _without_parts(sys.argv[1:]) + ["--parts", *parts]
@@ -171,7 +171,7 @@ def _without_parts(argv: list[str]) -> list[str]:
             skip = True
         elif skip and a.startswith("--"):
             skip = False
-        if not skip and a != "--separate":
+        if not skip and a != "--together":
             out.append(a)
     return out
 

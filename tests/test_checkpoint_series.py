@@ -105,13 +105,14 @@ def test_hub_and_params_series_take_steps_from_names(tmp_path):
 
 
 def test_cache_measures_only_new_and_changed_checkpoints(tmp_path, monkeypatch):
-    """A rerun after adding a checkpoint loads only that one; rewriting a checkpoint invalidates it."""
+    """A rerun after adding a checkpoint measures only that one; rewriting a checkpoint invalidates it."""
     import utils.analyses.checkpoint_dynamics as cs
 
     monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path / "cache"))
-    loads = []
-    real_load = cs.load_model
-    monkeypatch.setattr(cs, "load_model", lambda p: loads.append(p.source["path"]) or real_load(p))
+    loads = []  # checkpoints measured (opened and run), in order
+    real_measure = cs.measure_checkpoint
+    monkeypatch.setattr(cs, "measure_checkpoint",
+                        lambda m, *a, **k: loads.append(m.params.source["path"]) or real_measure(m, *a, **k))
     base = load_params(BASE)
     for step in (0, 10):
         save(tmp_path / "run" / f"checkpoint-{step}", step)

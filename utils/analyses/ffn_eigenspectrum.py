@@ -191,8 +191,8 @@ def measure(m: LoadedModel | StreamedModel, fp: FFNPlan, p: FFNParameters) -> FF
     """Every FFN's spectra from one layer-major pass (`utils.engine.layerwise.FFNStats`, Gram route
     when N < D_ff); with `p.cache` the eigenvalues are cached (`cache_dir()/ffn_spectra`)."""
     key = fp.layerwise.run_key(m.params, fp.tokens, what="05_ffn_eigenspectrum", skip_first=p.skip_first,
-                     batch_size=p.batch_size, accumulator=p.accumulator, route=fp.route,
-                                          eigen_solver=p.eigen_solver)
+                               batch_size=p.batch_size, accumulator=p.accumulator, route=fp.route,
+                               eigen_solver=p.eigen_solver)
     path = _cache_path(key)
     cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "FFN spectra cache entry") if p.cache else None
     from_cache = cached is not None and cached.get("key") == key

@@ -13,12 +13,15 @@ full, read-only cache) into a CacheWriteWarning: the run goes on without caching
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from utils.atomic_io import atomic_path
+from utils.paths import cache_dir
 
 T = TypeVar("T")
 
@@ -50,3 +53,10 @@ def write_cache(path: str | Path, save: Callable[[Path], object], what: str = "c
         warnings.warn(f"{what} {path} could not be written ({type(err).__name__}: {err}); continuing without it",
                       CacheWriteWarning, stacklevel=2)
         return False
+
+
+def keyed_entry(folder: str, key: dict, suffix: str = ".pt") -> Path:
+    """`cache_dir()/<folder>/<model>-<digest><suffix>`: the entry of a JSON-able key (the digest over
+    the key sorted; the key itself is stored in the entry and compared on reading)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return cache_dir() / folder / f"{key['model']}-{digest}{suffix}"

@@ -11,8 +11,6 @@ before the next block (`FFNSpectra`: sink-free and all-token tables); `nerve_ver
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -23,14 +21,13 @@ import pandas as pd
 import torch
 
 from utils.analyses.parameters import NotebookParameters, check_skip_first
-from utils.cache_files import read_cache, write_cache
+from utils.cache_files import keyed_entry, read_cache, write_cache
 from utils.engine.activations import default_ffn_budget
 from utils.engine.corpus import TokenSample, sample_tokens
 from utils.engine.layerwise import FFNStats, LayerwiseModel, ffn_layer_bytes, run_layerwise
 from utils.machine import peak_rss_bytes
 from utils.metrics.spectra import nerve_metrics, normalized
 from utils.models.loading import LoadedModel, StreamedModel
-from utils.paths import cache_dir
 from utils.reporting.plotting import save_figure, subplots
 from utils.reporting.report import Report
 
@@ -167,11 +164,6 @@ class FFNSpectra:
     from_cache: bool = False  # eigenvalues read from the cache (no pass this run)
 
 
-def _cache_path(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return cache_dir() / "ffn_spectra" / f"{key['model']}-{digest}.pt"
-
-
 def _eigenvalues(fp: FFNPlan, p: FFNParameters) -> dict[str, torch.Tensor]:
     """(L, D_ff) eigenvalues of every FFN, sink-free ("pre", "post") and over every position
     ("pre_all", "post_all"), from one layer-major pass; one layer's statistics alive at a time."""
@@ -193,7 +185,7 @@ def measure(m: LoadedModel | StreamedModel, fp: FFNPlan, p: FFNParameters) -> FF
     key = fp.layerwise.run_key(m.params, fp.tokens, what="05_ffn_eigenspectrum", skip_first=p.skip_first,
                                batch_size=p.batch_size, accumulator=p.accumulator, route=fp.route,
                                eigen_solver=p.eigen_solver)
-    path = _cache_path(key)
+    path = keyed_entry("ffn_spectra", key)
     cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "FFN spectra cache entry") if p.cache else None
     from_cache = cached is not None and cached.get("key") == key
     if from_cache:

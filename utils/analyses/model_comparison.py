@@ -40,6 +40,7 @@ import torch
 import transformers
 
 from utils.atomic_io import write_text
+from utils.cache_files import keyed_entry
 from utils.metrics.spectra import weight_metrics
 from utils.metrics.weight_spectra import weight_spectra
 from utils.models.adapters import WeightAdapter
@@ -47,7 +48,7 @@ from utils.models.loading import load_weights, open_checkpoint
 from utils.models.params import Params, load_params
 from utils.models.sources import ModelUnavailableError, check_available
 from utils.models.tensor_store import content_fingerprint
-from utils.paths import cache_dir, output_dir
+from utils.paths import output_dir
 from utils.reporting.plotting import subplots
 from utils.reporting.report import Report
 
@@ -179,8 +180,7 @@ def spectra_cache_key(params: Params) -> dict | None:
 
 
 def spectra_cache_path(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return cache_dir() / "weight_spectra" / f"{key['model']}-{digest}.json"
+    return keyed_entry("weight_spectra", key, ".json")
 
 
 def _read_cached(path: Path, key: dict) -> tuple[pd.DataFrame, str]:

@@ -11,8 +11,6 @@ results into `RepresentationFindings` (fields the tests check, `.sentences()` fo
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 from matplotlib.patches import Rectangle
 
 from utils.analyses.parameters import NotebookParameters
-from utils.cache_files import read_cache, write_cache
+from utils.cache_files import keyed_entry, read_cache, write_cache
 from utils.engine.corpus import TokenSample, sample_tokens
 from utils.engine.layerwise import (
     LayerConsumer,
@@ -39,7 +37,6 @@ from utils.metrics.cka import cka_blocks, cka_matrix, cka_sample_warning
 from utils.metrics.covariance import StreamingCovariance
 from utils.metrics.spectra import cumulative_share, effective_rank, spectrum_metrics
 from utils.models.loading import LoadedModel, StreamedModel
-from utils.paths import cache_dir
 from utils.reporting.plotting import depth_colors, heatmap, line_panel, save_figure, subplots
 from utils.reporting.report import Report, fmt
 
@@ -149,11 +146,6 @@ def _read_entry(path: Path, key: dict, tokens: TokenSample) -> RepresentationPas
     return RepresentationPass.from_state_dict(entry["run"], tokens)
 
 
-def _cache_path(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return cache_dir() / "representations" / f"{key['model']}-{digest}.pt"
-
-
 def _run(lw: LayerwiseModel, tokens: TokenSample, p: RepresentationsParameters) -> RepresentationPass:
     adapter, dims = lw.adapter, lw.adapter.dims
     _, stat = statistic_mask(tokens.input_ids, None, p.skip_first)  # the model still sees skipped positions
@@ -182,7 +174,7 @@ def measure(m: LoadedModel | StreamedModel, p: RepresentationsParameters) -> Rep
     key = lw.run_key(m.params, tokens, what="04_representations", layout=CACHE_VERSION, skip_first=p.skip_first,
                      batch_size=p.batch_size, keep_samples=p.keep_samples, seed=p.seed, lens_tokens=p.lens_tokens,
                      max_logit_elements=p.max_logit_elements)
-    path = _cache_path(key)
+    path = keyed_entry("representations", key)
     if p.cache:
         cached = read_cache(path, lambda f: _read_entry(f, key, tokens), "representations cache entry")
         if cached is not None:

@@ -1,5 +1,5 @@
 """The package's floors (utils/__init__.py): a module imports only from its own floor or below,
-no utils import hides inside a function, there is no import cycle, and the command-line
+no utils import hides inside a function (but the one named in IMPORTED_WHERE_USED), there is no import cycle, and the command-line
 entry points that write markdown or launch kernels load neither torch nor transformers."""
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ import pytest
 UTILS = Path(__file__).resolve().parent.parent / "utils"
 FLOORS = {"paths": 0, "atomic_io": 0, "cache_files": 0, "machine": 0, "models": 1, "metrics": 2, "engine": 3, "reporting": 4,
           "analyses": 5, "pipeline": 6, "run": 7, "index": 7, "targets": 7}
+# The one utils module imported inside a function, and why: it defines a PreTrainedModel subclass,
+# so importing it loads transformers' modelling stack (~2 s: torch._dynamo, torch.distributed),
+# which only a path that builds a model needs (`utils.models.gguf.auto_class`). The floor and
+# cycle checks still count the import.
+IMPORTED_WHERE_USED = {"utils.models.nanogpt"}
 
 
 def _modules() -> dict[str, Path]:
@@ -69,7 +74,7 @@ def test_no_import_from_a_higher_floor_and_none_inside_functions():
             continue
         for name, in_function in _utils_imports(path):
             target = _resolve(name, modules)
-            if in_function:
+            if in_function and target not in IMPORTED_WHERE_USED:
                 problems.append(f"{module} imports {target} inside a function")
             if _floor(target) > _floor(module):
                 problems.append(f"{module} (floor {_floor(module)}) imports {target} (floor {_floor(target)})")

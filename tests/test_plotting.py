@@ -7,6 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.ticker import LogFormatterSciNotation
 
 from utils.reporting.plotting import (
     DPI,
@@ -14,6 +15,7 @@ from utils.reporting.plotting import (
     MIN_FONT_PT,
     MIN_TEXT_PX,
     TEXT_SIZE_KEY,
+    UnicodeLogFormatter,
     depth_colorbar,
     depth_colors,
     heatmap,
@@ -108,15 +110,19 @@ def test_figure_saved_at_1100_px_has_readable_numbers():
 def test_sparse_log_minor_ticks_change_no_pixel(tmp_path, span):
     """Log axes of `subplots` make no minor ticks over 1-6 decades: the minor ticks matplotlib
     makes there have no label (and this style draws no mark), and the image equals matplotlib's
-    own; under a decade (labelled minor ticks) and over 6 decades LogLocator's ticks are kept."""
-    def draw(fig, axes):
+    own with the same tick labels; under a decade (labelled minor ticks) and over 6 decades
+    LogLocator's ticks are kept."""
+    def draw(fig, axes, unicode_labels=False):
         x = np.arange(1, 200)
         axes[0, 0].loglog(x, 1.0 / x ** 1.5)
         axes[0, 1].semilogy(x, span ** (x / x.max()))  # log10(span) decades
+        for axis in (a for ax in axes.flat for a in (ax.xaxis, ax.yaxis) if unicode_labels and a.get_scale() == "log"):
+            axis.set_major_formatter(UnicodeLogFormatter())
+            axis.set_minor_formatter(UnicodeLogFormatter(labelOnlyBase=False))
         fig.canvas.draw()  # the tight layout is applied at each draw: once here for both figures
         return fig, axes
     fig, axes = draw(*subplots(1, 2, width=4.0, height=3.0))
-    ref_fig, ref_axes = draw(*plt.subplots(1, 2, figsize=(8.0, 3.0), squeeze=False, layout="tight"))
+    ref_fig, ref_axes = draw(*plt.subplots(1, 2, figsize=(8.0, 3.0), squeeze=False, layout="tight"), unicode_labels=True)
     assert len(axes[0, 0].xaxis.get_minorticklocs()) == 0 < len(ref_axes[0, 0].xaxis.get_minorticklocs())
     for ours, theirs in zip(axes.flat, ref_axes.flat):
         for a, b in ((ours.xaxis, theirs.xaxis), (ours.yaxis, theirs.yaxis)):
@@ -128,6 +134,28 @@ def test_sparse_log_minor_ticks_change_no_pixel(tmp_path, span):
     ref_fig.savefig(tmp_path / "reference.png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(ref_fig)
     assert np.array_equal(plt.imread(tmp_path / "ours.png"), plt.imread(tmp_path / "reference.png"))
+
+
+def test_unicode_log_labels_say_what_mathtext_says():
+    """UnicodeLogFormatter writes LogFormatterSciNotation's label with superscripts: the same
+    base, coefficient and exponent, over many decades (powers) and under one (coefficients)."""
+    plain = str.maketrans("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b", "0123456789-")
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    cases = {(1e-3, 1e13): {1e-3: "10\u207b\u00b3", 1.0: "10\u2070", 10.0: "10\u00b9", 1e12: "10\u00b9\u00b2"},
+             (0.15, 0.7): {2e-1: "2\u00d710\u207b\u00b9", 3e-1: "3\u00d710\u207b\u00b9"}}
+    for limits, expected in cases.items():
+        ax.set_xlim(*limits)
+        ours, theirs = UnicodeLogFormatter(labelOnlyBase=False), LogFormatterSciNotation(labelOnlyBase=False)
+        for f in (ours, theirs):
+            f.set_axis(ax.xaxis)
+            f.set_locs(list(limits))
+        for x, label in expected.items():
+            assert ours(x) == label
+        for x in np.geomspace(*limits, 50):  # any label matplotlib writes (or leaves empty)
+            mathtext = theirs(x).removeprefix("$\\mathdefault{").removesuffix("}$")
+            assert mathtext.replace("\\times", "\u00d7").replace("^{", "").replace("}", "") == ours(x).translate(plain)
+    plt.close(fig)
 
 
 def test_png_facts_rejects_other_files(tmp_path):

@@ -55,7 +55,6 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoModelForCausalLM
 
 from utils.engine.activations import ActivationStats, weights_fingerprint
 from utils.engine.corpus import TokenSample
@@ -63,6 +62,7 @@ from utils.engine.representations import add_lens_terms, final_lens_terms, lens_
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype, solver_dtype
 from utils.metrics.gram_route import gram_eigenvalues, prefer_gram
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, get_adapter
+from utils.models.gguf import auto_class
 from utils.models.loading import LoadedModel, StreamedModel, StreamedWeights
 from utils.models.params import Params
 from utils.models.tensor_store import NonFiniteWeightError, content_fingerprint, count_nonfinite
@@ -188,7 +188,7 @@ class LayerwiseModel:
         config = checkpoint.top_config
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         with init_empty_weights(include_buffers=False):
-            model = (AutoModel if task == "encoder" else AutoModelForCausalLM).from_config(config, dtype=dtype, **extra)
+            model = auto_class(task).from_config(config, dtype=dtype, **extra)
         model.eval()
         _buffers_to(model, torch.device(device))
         lw = cls(model, get_adapter(model), torch.device(device), checkpoint, dtype)

@@ -22,9 +22,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
-import mpmath
 import numpy as np
-import powerlaw
 
 from utils.metrics.spectra import WW_EVALS_THRESH, PowerLawFit
 from utils.metrics.weightwatcher import ww_warning
@@ -48,6 +46,8 @@ def truncated_power_law_fit(evals, xmin_range: tuple[float, float] | None = None
     eigenvalues in `xmin_range`, default all, but the largest), then alpha and Lambda refitted at
     that xmin. None where the fit fails (WW: status "failed"): fewer than 2 candidates, or an
     arithmetic error inside powerlaw."""
+    import powerlaw  # imported here: it loads matplotlib.pyplot and scipy.optimize (~1 s), needed by fit="TPL" only
+
     x = np.sort(np.asarray(evals, dtype=np.float64))
     x = x[x > WW_EVALS_THRESH]
     try:
@@ -79,7 +79,6 @@ def truncated_columns(evals, fit: TruncatedFit | None) -> dict:
             "warning": ww_warning(fit.alpha)}
 
 
-
 def tail_density(x: np.ndarray, alpha: float, xmin: float, Lambda: float = 0.0) -> np.ndarray:
     """The fitted density on x >= xmin, normalised over [xmin, inf): the power law
     (alpha - 1) / xmin (x / xmin)^-alpha when Lambda = 0, else the truncated power law
@@ -89,5 +88,7 @@ def tail_density(x: np.ndarray, alpha: float, xmin: float, Lambda: float = 0.0) 
     x = np.asarray(x, dtype=np.float64)
     if not Lambda > 0:
         return (alpha - 1) / xmin * (x / xmin) ** -alpha
+    import mpmath
+
     norm = float(mpmath.gammainc(1 - alpha, Lambda * xmin)) * Lambda ** (alpha - 1)
     return x**-alpha * np.exp(-Lambda * x) / norm

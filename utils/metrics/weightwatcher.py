@@ -38,8 +38,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy import optimize
-from scipy import stats as sps
 
 from utils.machine import lapack_threads
 from utils.metrics.spectra import WW_EVALS_THRESH, PowerLawFit, fit_power_law, gram_matrix
@@ -194,6 +192,8 @@ def marchenko_pastur_fit(evals, N: int, M: int, bw: float = WW_MP_BANDWIDTH) -> 
     yde = _linear_kde(to_fit, xde, bw)
     keep = yde > 0.01
     objective = _mp_objective(Q, xde[keep], yde[keep])
+    from scipy import optimize  # imported where used: scipy.optimize/stats cost ~0.5 s at import
+
     sigma = float(optimize.brute(objective, (slice(0.05 * s0, 2.0 * s0, 0.01 * s0),), full_output=True)[0][0])
     bulk_max = (sigma * (1 + 1 / math.sqrt(Q))) ** 2
     bulk_min = (sigma * (1 - 1 / math.sqrt(Q))) ** 2
@@ -225,6 +225,8 @@ def jensen_shannon_distance(p: np.ndarray, q: np.ndarray) -> float:
     RMT_Util.jensen_shannon_distance, applied by WW to the two sorted eigenvalue arrays)."""
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
     m = (p / p.sum() + q / q.sum()) / 2
+    from scipy import stats as sps
+
     return float(np.sqrt((sps.entropy(p, m) + sps.entropy(q, m)) / 2))
 
 

@@ -19,8 +19,13 @@ from utils.models.params import Params
 from utils.paths import cache_dir
 
 
-def auto_class(params: Params):
-    return AutoModel if params.task == "encoder" else AutoModelForCausalLM
+def auto_class(task: str):
+    """The Auto class that builds a model for `task` ("encoder" or "causal_lm"). Imports
+    `utils.models.nanogpt` first, so its model class is registered whenever a model is built
+    (importing `transformers`' modelling code is paid here, never by a path that builds none)."""
+    import utils.models.nanogpt  # noqa: F401  (registers NanoGPTForCausalLM with AutoModelForCausalLM)
+
+    return AutoModel if task == "encoder" else AutoModelForCausalLM
 
 
 def _gguf_cache_key(gguf: Path, params: Params) -> str:
@@ -34,7 +39,7 @@ def dequantized_dir(gguf: Path, params: Params) -> Path:
     target = cache_dir() / "models" / f"{params.name}-{_gguf_cache_key(gguf, params)}"
     if (target / "config.json").exists():
         return target
-    model = auto_class(params).from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = auto_class(params.task).from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are plain float tensors now; drop the GGUF marker so they save as safetensors.
     model.hf_quantizer = None

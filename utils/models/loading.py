@@ -15,10 +15,10 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from utils.machine import available_ram
-from utils.models import nanogpt  # noqa: F401  (registers spectra_nanogpt with the Auto classes)
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, family_of, get_adapter
 from utils.models.gguf import auto_class, dequantized_dir
 from utils.models.hub_fetch import fetch_checkpoint, hub_offline
+from utils.models.nanogpt_config import byte_tokenizer  # registers spectra_nanogpt with AutoConfig
 from utils.models.params import Params, load_params
 from utils.models.sources import ModelUnavailableError, check_available, gguf_path, local_dir, package_dir
 from utils.models.synthetic import cached_checkpoint
@@ -94,10 +94,10 @@ def _random_model(params: Params):
     s = params.source
     config = AutoConfig.for_model(s["model_type"], **s["config"])
     torch.manual_seed(int(s.get("seed", 0)))
-    model = auto_class(params).from_config(config, attn_implementation="eager")
+    model = auto_class(params.task).from_config(config, attn_implementation="eager")
     if s.get("tokenizer", "bytes") != "bytes":
         raise ModelUnavailableError(f"{params.path}: random models support tokenizer 'bytes' only")
-    tokenizer = nanogpt.byte_tokenizer()
+    tokenizer = byte_tokenizer()
     check_tokenizer(tokenizer, config, params, "the byte tokenizer")
     return model, tokenizer
 
@@ -165,7 +165,7 @@ def load_model(params_or_name: Params | str) -> LoadedModel:
             _check_loadable_quantization(TensorStore(local), config)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=params.trust_remote_code)
         check_tokenizer(tokenizer, config, params, str(directory))
-        model = auto_class(params).from_pretrained(str(directory), use_safetensors=True, **common)
+        model = auto_class(params.task).from_pretrained(str(directory), use_safetensors=True, **common)
     if params.device != "auto":
         model = _place(model, params)
     model.eval()

@@ -63,6 +63,13 @@ MODEL_USE = {"06_training_dynamics": "name", "08_checkpoint_dynamics": "device"}
 _RUN_FOLDER = re.compile(r"^\.(?P<notebook>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)\.(?P<start>\d+)-[0-9a-f]{8}$")
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
+# jupytext and papermill validate notebooks with nbformat, which imports jsonschema, which imports
+# rfc3987_syntax when installed (jupyter-events asks for it) only to check the JSON-schema string
+# formats "iri" and "iri-reference"; no notebook schema uses them, and the package builds a Lark
+# grammar at import: 1.6 s of every run on this machine. This process does without it (jsonschema
+# then skips those two format checks).
+sys.modules.setdefault("rfc3987_syntax", None)
+
 
 class RunInterrupted(KeyboardInterrupt):
     """The run was stopped by a signal; `completed`: its outputs had been swapped in already."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import warnings
 import zlib
@@ -35,7 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.text import Text
-from matplotlib.ticker import AutoLocator, LogLocator, MaxNLocator
+from matplotlib.ticker import AutoLocator, LogFormatterSciNotation, LogLocator, MaxNLocator
 
 from utils.atomic_io import atomic_path
 from utils.reporting.index import CONTENT_WIDTH_PX
@@ -92,12 +93,39 @@ class SparseLogMinorLocator(LogLocator):
         return super().tick_values(vmin, vmax)
 
 
+_SUPERSCRIPT = str.maketrans("0123456789-+", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺")
+_MATHTEXT_POWER = re.compile(r"^\$\\mathdefault\{(?:(?P<coeff>[0-9.]+)\\times)?(?P<base>\d+)\^\{(?P<exp>[-+]?\d+)\}\}\$$")
+
+
+class UnicodeLogFormatter(LogFormatterSciNotation):
+    """LogFormatterSciNotation's labels (10^-2, 2 x 10^-2) written with Unicode superscripts instead
+    of mathtext: the same text, without parsing a mathtext expression per tick label (pyparsing
+    took about a sixth of the drawing time of the ESD figures). Labels of another form (a base
+    other than an integer, a fractional exponent) stay mathtext."""
+
+    def __call__(self, x, pos=None):
+        label = super().__call__(x, pos)
+        match = _MATHTEXT_POWER.match(label)
+        if not match:
+            return label
+        power = match["base"] + match["exp"].translate(_SUPERSCRIPT)
+        return f"{match['coeff']}×{power}" if match["coeff"] else power
+
+
 def _sparse_log_minor_ticks(ax) -> None:
-    """Give ax's log axes a SparseLogMinorLocator in place of LogLocator's minor ticks."""
+    """Give ax's log axes a SparseLogMinorLocator in place of LogLocator's minor ticks, and
+    UnicodeLogFormatter labels in place of LogFormatterSciNotation's."""
     for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() != "log":
+            continue
         locator = axis.get_minor_locator()
-        if axis.get_scale() == "log" and type(locator) is LogLocator:
+        if type(locator) is LogLocator:
             axis.set_minor_locator(SparseLogMinorLocator(base=axis.get_transform().base, subs="auto"))
+        for formatter, setter in ((axis.get_major_formatter(), axis.set_major_formatter),
+                                  (axis.get_minor_formatter(), axis.set_minor_formatter)):
+            if type(formatter) is LogFormatterSciNotation:
+                setter(UnicodeLogFormatter(base=formatter._base, labelOnlyBase=formatter.labelOnlyBase,
+                                           minor_thresholds=formatter.minor_thresholds, linthresh=formatter._linthresh))
 
 
 class SpectraAxes(Axes):

@@ -462,13 +462,13 @@ def test_no_message_suggests_unpickling():
 def test_stdlib_corpus_is_extracted_once_and_an_unreadable_entry_is_re_extracted(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path))
     stdlib = Path(corpus_module.sysconfig.get_paths()["stdlib"])
-    reference = corpus_module._extract_stdlib_docstrings(stdlib, 200_000)
-    assert corpus_module._stdlib_docstrings(200_000) == reference  # extracted, then written
+    reference = corpus_module._extract_stdlib_docstrings(stdlib, 20_000)
+    assert corpus_module._stdlib_docstrings(20_000) == reference  # extracted, then written
     (entry,) = (tmp_path / "corpus").iterdir()
     monkeypatch.setattr(corpus_module, "_extract_stdlib_docstrings", lambda *a: pytest.fail("extracted again"))
-    assert corpus_module._stdlib_docstrings(200_000) == reference  # read back, not extracted
+    assert corpus_module._stdlib_docstrings(20_000) == reference  # read back, not extracted
     entry.write_bytes(b"\xff\xfe broken")
     monkeypatch.undo()
     monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path))
-    assert corpus_module._stdlib_docstrings(200_000) == reference  # unreadable: a miss, re-extracted
+    assert corpus_module._stdlib_docstrings(20_000) == reference  # unreadable: a miss, re-extracted
     assert entry.read_bytes().decode("utf-8") == reference

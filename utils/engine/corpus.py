@@ -18,6 +18,7 @@ import ast
 import functools
 import glob
 import hashlib
+import os
 import sys
 import sysconfig
 import warnings
@@ -93,15 +94,22 @@ def _stdlib_docstrings(max_chars: int) -> str:
     return text
 
 
+def _stdlib_sources(stdlib: Path, skip: tuple[str, ...]) -> list[Path]:
+    """The .py files under `stdlib` whose relative path has no part in `skip` or starting with
+    "test"; skipped folders are not entered (site-packages alone can hold tens of thousands of files)."""
+    found = []
+    for folder, subfolders, files in os.walk(stdlib):
+        subfolders[:] = [d for d in subfolders if d not in skip and not d.startswith("test")]
+        found += [Path(folder) / f for f in files if f.endswith(".py") and f not in skip and not f.startswith("test")]
+    return found
+
+
 def _extract_stdlib_docstrings(stdlib: Path, max_chars: int) -> str:
     """Docstrings longer than 80 characters of the stdlib's modules, classes and functions (tests excluded)."""
     skip = ("test", "idlelib", "lib2to3", "site-packages", "dist-packages", "ensurepip", "turtledemo")
     pieces: list[str] = []
     total = 0
-    for path in sorted(stdlib.rglob("*.py")):
-        rel = path.relative_to(stdlib).parts
-        if any(part in skip or part.startswith("test") for part in rel):
-            continue
+    for path in sorted(_stdlib_sources(stdlib, skip)):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):

@@ -23,10 +23,11 @@ from utils.analyses import ffn_eigenspectrum as ffn
 from utils.analyses import representations as rep
 from utils.engine.activations import collect_activations
 from utils.engine.corpus import sample_tokens
-from utils.engine.layerwise import ffn_layer_bytes
+from utils.engine.layerwise import BlockWeightSpectra, LayerwiseModel, ffn_layer_bytes, run_layerwise
 from utils.engine.representations import Drift, LogitLens
 from utils.metrics.covariance import StreamingCovariance
 from utils.metrics.spectra import spectrum_metrics
+from utils.metrics.weight_spectra import weight_spectra
 from utils.models.loading import LoadedModel, StreamedModel, load_model, open_checkpoint, open_model
 from utils.models.params import params_from_mapping
 from utils.models.tensor_store import NonFiniteWeightError, TensorStore
@@ -244,3 +245,20 @@ def test_05_float32_solver_stays_within_its_stated_tolerance(tmp_path):
     acc.update(torch.randn(8, 4))
     with pytest.raises(ValueError, match="precision"):
         acc.eigenvalues("float16")
+
+
+@pytest.mark.parametrize("model", tiny_models, ids=tiny_model_ids)
+def test_weight_spectra_in_the_pass_equal_the_streamed_read_and_read_each_tensor_once(model, tmp_path, monkeypatch):
+    """08's weight metrics come from the blocks the layer-major pass holds: the table equals
+    `weight_spectra` of the streamed checkpoint, and the pass reads every tensor once."""
+    loaded, streamed = _checkpoint(model, tmp_path)
+    expected, expected_sv = weight_spectra(streamed.adapter, progress=False)
+    tokens = sample_tokens(loaded.tokenizer, "stdlib-docs", 4, 16, 0)
+    reads = _count_reads(monkeypatch)
+    lw = LayerwiseModel.from_model(streamed)
+    consumer = BlockWeightSpectra(lw)
+    run_layerwise(lw, tokens, [consumer], batch_size=2, progress=False)
+    assert reads and set(reads.values()) == {1} and set(reads) == set(TensorStore(tmp_path).names)
+    got, got_sv = consumer.table()
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12)
+    assert got_sv.keys() == expected_sv.keys() and all(np.array_equal(got_sv[k], expected_sv[k]) for k in got_sv)

@@ -4,8 +4,9 @@ checkpoint, and the verdicts on NerVE's training-time claims and the Spectral Le
 The series comes from `utils.models.checkpoint_series` (found without loading). `measure_series`
 visits the checkpoints one at a time (open, measure, free: memory of one block) and reuses the
 project's engines, no second implementation:
-- weights (`utils.metrics.weight_spectra.weight_spectra`): eff_rank, stable_rank and alpha of every matrix,
-  metric `w.<type>.<name>` at its layer (embedding/unembedding at layer -1);
+- weights (`utils.metrics.weight_spectra.weight_spectra`'s numbers, computed in the pass below from the
+  tensors it reads, `utils.engine.layerwise.BlockWeightSpectra`): eff_rank, stable_rank and alpha of
+  every matrix, metric `w.<type>.<name>` at its layer (embedding/unembedding at layer -1);
 - one layer-major pass (`utils.engine.layerwise`: the checkpoint read block by block, every FFN
   layer and residual state reduced to eigenvalues before the next block; one layer's FFN
   statistics must fit `ffn_memory_mb`) over a fixed token sample
@@ -47,9 +48,8 @@ from utils.analyses.parameters import NotebookParameters, check_skip_first, chec
 from utils.cache_files import read_cache, write_cache
 from utils.engine.activations import default_ffn_budget
 from utils.engine.corpus import TokenSample, sample_tokens
-from utils.engine.layerwise import FFNStats, LayerwiseModel, ResidualStats, ffn_layer_bytes, run_layerwise
+from utils.engine.layerwise import BlockWeightSpectra, FFNStats, LayerwiseModel, ResidualStats, ffn_layer_bytes, run_layerwise
 from utils.metrics.spectra import nerve_metrics, power_law_slope, spectrum_metrics
-from utils.metrics.weight_spectra import weight_spectra
 from utils.models.checkpoint_series import Checkpoint, Series, SeriesError, checkpoint_fingerprint
 from utils.models.loading import LoadedModel, StreamedModel, open_model
 from utils.models.params import Params
@@ -97,9 +97,9 @@ def _save_cached(key: dict, rows: pd.DataFrame) -> None:
 def measure_checkpoint(loaded: LoadedModel | StreamedModel, tokens: TokenSample, *, skip_first: int = 1,
                        batch_size: int = 8, tail_window: Sequence[int] = (8, 64), ffn_memory_mb: int = 0,
                        progress: bool = False) -> pd.DataFrame:
-    """Long table (layer, metric, value) of one checkpoint: weight metrics (streamed tensor by
-    tensor), NerVE metrics of every FFN and residual activation spectra from one layer-major pass
-    (`utils.engine.layerwise`: one block and one layer's statistics alive at a time). One
+    """Long table (layer, metric, value) of one checkpoint: weight metrics, NerVE metrics of every
+    FFN and residual activation spectra from one layer-major pass (`utils.engine.layerwise`: one
+    block and one layer's statistics alive at a time; each tensor read once). One
     layer's FFN statistics must fit `ffn_memory_mb` (0: half the free memory, as notebook 05)."""
     lw = LayerwiseModel.from_model(loaded)
     dims = lw.adapter.dims
@@ -114,13 +114,15 @@ def measure_checkpoint(loaded: LoadedModel | StreamedModel, tokens: TokenSample,
         raise SeriesError(f"{loaded.params.name}: one layer's FFN statistics need {need / 2**20:.0f} MiB ({route} "
                           f"route) but ffn_memory_mb allows {budget / 2**20:.0f} MiB: raise it or lower n_sequences")
     rows: list[tuple[int, str, float]] = []
-    weights, _ = weight_spectra(loaded.adapter, progress=progress)
-    for r in weights.itertuples():
-        rows += [(int(r.layer), f"w.{r.weight}.{m}", float(getattr(r, m))) for m in WEIGHT_METRICS]
     residual = ResidualStats(dims.L, dims.d, lw.device, torch.zeros(0, dtype=torch.long), tokens.input_ids.shape[1],
                              keep=False, route="auto", n_rows=n_rows)
     ffn = FFNStats(range(dims.L), dims.d_ff, lw.device, keep=False, route="auto", n_rows=n_rows)
-    run_layerwise(lw, tokens, [residual, ffn], batch_size=batch_size, skip_first=skip_first, progress=progress)
+    weight_consumer = BlockWeightSpectra(lw)  # the weights' metrics from the blocks the pass reads
+    run_layerwise(lw, tokens, [weight_consumer, residual, ffn], batch_size=batch_size, skip_first=skip_first,
+                  progress=progress)
+    weights, _ = weight_consumer.table()
+    for r in weights.itertuples():
+        rows += [(int(r.layer), f"w.{r.weight}.{m}", float(getattr(r, m))) for m in WEIGHT_METRICS]
     for i in range(dims.L):
         rows += [(i, f"nerve.{k}", v) for k, v in nerve_metrics(ffn.eigenvalues[i]["pre"],
                                                                 ffn.eigenvalues[i]["post"]).items()]

@@ -30,13 +30,17 @@ Index convention of residual states (that of `utils.engine.activations`): 0 afte
 
 Per-layer consumer protocol (`LayerConsumer`): the engine calls, in this order,
     on_embedding(E)       once, with the input embedding (V, d) while it is held,
-    on_state(StateBatch)  for every batch of residual state j (j = 0..L + 1, states in order),
+    on_state(StateBatch)  for every batch of residual state j (j = 0..L + 1, states in order;
+                          state i + 1's batches come between block i's `on_block` and `end_ffn`),
     end_state(j)          after the last batch of state j: reduce, free,
     on_ffn(kind, i, x, b) for every batch of block i's FFN rows ("pre": output of
                           `ffn_pre_module(i)`, "post": input of `ffn_post_module(i)`), only for
                           layers where `wants_ffn(i)` is true,
+    on_block(i, adapter)  when block i holds its weights, before its batches (`adapter.weight_matrices(i)`
+                          reads nothing more; `BlockWeightSpectra` takes notebook 01's metrics there),
     end_ffn(i)            after block i's last batch (before state i + 1's `end_state`),
-    finish(head)          once, after state L + 1, with the final norm and LM head (`Head`).
+    finish(head)          once, after state L + 1, with the final norm and LM head (`Head`; read
+                          only when a consumer overrides `finish`).
 Batches arrive in the same order as in `collect_activations`, so every accumulator receives the
 same updates in the same order: the statistics are equal to today's engine's to float rounding
 (bitwise on one CPU thread; tests/test_layerwise.py).
@@ -61,6 +65,7 @@ from utils.engine.corpus import TokenSample
 from utils.engine.representations import add_lens_terms, final_lens_terms, lens_frame
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype, solver_dtype
 from utils.metrics.gram_route import gram_eigenvalues, prefer_gram
+from utils.metrics.weight_spectra import SpectraOptions, matrix_record, spectra_table
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, get_adapter
 from utils.models.gguf import auto_class
 from utils.models.loading import LoadedModel, StreamedModel, StreamedWeights
@@ -124,6 +129,10 @@ class LayerConsumer:
 
     def on_embedding(self, weight: torch.Tensor) -> None:
         """The input embedding (V, d) as the model holds it during the capture (read once)."""
+
+    def on_block(self, layer: int, adapter: ModelAdapter) -> None:
+        """Block `layer` holds its weights (before its batches run): `adapter.weight_matrices(layer)`
+        reads nothing more."""
 
     def on_state(self, s: StateBatch) -> None:
         pass
@@ -420,6 +429,8 @@ def _layer_pass(lw: LayerwiseModel, layer: int, states: list, inputs: list, batc
     """Block `layer` over every batch: states[b] becomes its output (in place, one batch at a time)."""
     current: list = [None]
     with lw.block(layer) as block:
+        for c in consumers:
+            c.on_block(layer, lw.adapter)
         handles = _ffn_hooks(lw, layer, consumers, current)
         try:
             for b, batch in enumerate(batches):
@@ -625,6 +636,40 @@ class FFNStats(LayerConsumer):
             acc.update(skipped)  # Chan's merge: all-token statistics, as notebook 05
             out[f"{kind}_all"] = acc.eigenvalues(self.solver).numpy()
         return out
+
+
+class BlockWeightSpectra(LayerConsumer):
+    """`utils.metrics.weight_spectra.weight_spectra` of the model the pass runs, from the tensors
+    the pass reads anyway: each block's matrices while the block is resident, the embedding in the
+    embedding phase, an untied LM head at the end (so a streamed checkpoint is read once for its
+    weight and activation metrics). Equal to `weight_spectra` when the compute dtype holds the
+    stored weights exactly (float32 compute, or the stored dtype); `table()` gives its result.
+    Default SpectraOptions only: randomize's shuffles would come in another order."""
+
+    def __init__(self, lw: LayerwiseModel, options: SpectraOptions | None = None):
+        self.options = options or SpectraOptions()
+        if self.options.randomize:
+            raise ValueError("BlockWeightSpectra does not take randomize (its shuffles follow weight_spectra's order)")
+        self.adapter, self.rng = lw.adapter, np.random.RandomState(self.options.seed)
+        # Tied or not as the checkpoint says: the skeleton's head holds its own copy of a tied tensor.
+        self.tied = (lw.checkpoint if lw.streamed else lw.adapter).unembedding_is_tied()
+        self.blocks: list[dict] = []
+        self.outside: list[dict] = []  # embedding, untied unembedding (layer -1)
+
+    def on_embedding(self, weight: torch.Tensor) -> None:
+        self.outside.insert(0, matrix_record(-1, "embed", weight, self.options, self.rng))
+
+    def on_block(self, layer: int, adapter: ModelAdapter) -> None:
+        self.blocks += [matrix_record(layer, name, W, self.options, self.rng)
+                        for name, W in adapter.weight_matrices(layer).items()]
+
+    def finish(self, head: Head | None) -> None:
+        unembed = self.adapter.unembedding() if head is not None and not self.tied else None
+        if unembed is not None:
+            self.outside.append(matrix_record(-1, "unembed", unembed, self.options, self.rng))
+
+    def table(self) -> tuple[pd.DataFrame, dict]:
+        return spectra_table(self.blocks + self.outside, self.options)
 
 
 def _covariance_of(rows: torch.Tensor, device, dtype) -> StreamingCovariance:

@@ -128,7 +128,8 @@ def refitted_columns(evals: np.ndarray, resolved: np.ndarray, rows: int, cols: i
             "alpha_ks": fit.ks_distance if fit else nan}
 
 
-def _table(records: list[dict], options: SpectraOptions) -> tuple[pd.DataFrame, dict]:
+def spectra_table(records: list[dict], options: SpectraOptions) -> tuple[pd.DataFrame, dict]:
+    """(table, (layer, weight) -> singular values) of `weight_spectra` from its rows (`matrix_record`)."""
     spectra = {(r["layer"], r["weight"]): r.pop("singular_values") for r in records}
     df = pd.DataFrame.from_records(records)
     extra = WW_DEFAULT_COLUMNS + [c for c in options.columns() if c not in WW_DEFAULT_COLUMNS]
@@ -152,12 +153,17 @@ def weight_spectra(adapter: WeightAdapter, progress: bool = True, options: Spect
     rng = np.random.RandomState(options.seed)
     matrices = block_matrices(adapter) if base is None else delta_matrices(adapter, base)
     total = adapter.dims.L * len(adapter.weight_matrices(0)) if progress else None
-    records = []
-    for layer, name, W in tqdm(matrices, desc="weight spectra", total=total, disable=not progress):
-        rows, cols = W.shape
-        row = matrix_row(singular_values(W).numpy(), rows, cols, entry_std(W), options, W, rng)
-        records.append({"layer": layer, "weight": name, **row, "max_rank": min(rows, cols)})
-    return _table(records, options)
+    records = [matrix_record(layer, name, W, options, rng)
+               for layer, name, W in tqdm(matrices, desc="weight spectra", total=total, disable=not progress)]
+    return spectra_table(records, options)
+
+
+def matrix_record(layer: int, name: str, W: torch.Tensor, options: SpectraOptions, rng: np.random.RandomState) -> dict:
+    """`weight_spectra`'s row of one matrix W (rows x cols), its singular values included; `rng`
+    draws randomize's shuffles, in the order the matrices come."""
+    rows, cols = W.shape
+    row = matrix_row(singular_values(W).numpy(), rows, cols, entry_std(W), options, W, rng)
+    return {"layer": layer, "weight": name, **row, "max_rank": min(rows, cols)}
 
 
 def lora_spectra(directory: str | Path, adapter: WeightAdapter, progress: bool = True,
@@ -175,7 +181,7 @@ def lora_spectra(directory: str | Path, adapter: WeightAdapter, progress: bool =
         rows, cols = u.shape
         row = matrix_row(s, rows, cols, u.entry_std(s), options)
         records.append({"layer": u.layer, "weight": u.weight, **row, "max_rank": min(rows, cols), "lora_rank": u.A.shape[0]})
-    df, spectra = _table(records, options)
+    df, spectra = spectra_table(records, options)
     df.insert(5, "lora_rank", [r["lora_rank"] for r in records])
     return df, spectra
 

@@ -105,3 +105,16 @@ def test_entry_points_load_no_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"{module} loads {out}"
+
+
+@pytest.mark.parametrize("module", ["utils.models.loading", "utils.analyses.weight_spectra", "utils.pipeline.run"])
+def test_weight_paths_load_no_modelling_stack(module):
+    """Notebook 01's imports stay off transformers' modelling code (PreTrainedModel pulls
+    torch._dynamo and torch.distributed: ~2 s), powerlaw (pyplot) and scipy.optimize; `utils.run`
+    also off jsonschema's rfc3987_syntax grammar. They load where a model is built or a fit needs them."""
+    heavy = ("transformers.modeling_utils", "powerlaw", "scipy.optimize", "rfc3987_syntax", "utils.models.nanogpt")
+    code = (f"import sys, {module}\n"
+            f"{'import jupytext, papermill' if module == 'utils.pipeline.run' else ''}\n"
+            f"print(sorted(m for m in {heavy!r} if sys.modules.get(m) is not None))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"{module} loads {out}"

@@ -644,7 +644,9 @@ class BlockWeightSpectra(LayerConsumer):
     embedding phase, an untied LM head at the end (so a streamed checkpoint is read once for its
     weight and activation metrics). Equal to `weight_spectra` when the compute dtype holds the
     stored weights exactly (float32 compute, or the stored dtype); `table()` gives its result.
-    Default SpectraOptions only: randomize's shuffles would come in another order."""
+    Default SpectraOptions only: randomize's shuffles would come in another order. Its `finish`
+    makes the engine read the head; with a tied head that is no second read, but the embedding
+    tensor (V x d, stored dtype) stays through the pass."""
 
     def __init__(self, lw: LayerwiseModel, options: SpectraOptions | None = None):
         self.options = options or SpectraOptions()

@@ -11,6 +11,8 @@ from the covariance route by the eigen-solver's rounding).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,7 +25,7 @@ from utils.analyses import ffn_eigenspectrum as ffn
 from utils.analyses import representations as rep
 from utils.engine.activations import collect_activations
 from utils.engine.corpus import sample_tokens
-from utils.engine.layerwise import BlockWeightSpectra, LayerwiseModel, ffn_layer_bytes, run_layerwise
+from utils.engine.layerwise import BlockWeightSpectra, LayerwiseModel, ffn_layer_bytes, holds_exactly, run_layerwise
 from utils.engine.representations import Drift, LogitLens
 from utils.metrics.covariance import StreamingCovariance
 from utils.metrics.spectra import spectrum_metrics
@@ -262,3 +264,19 @@ def test_weight_spectra_in_the_pass_equal_the_streamed_read_and_read_each_tensor
     got, got_sv = consumer.table()
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12)
     assert got_sv.keys() == expected_sv.keys() and all(np.array_equal(got_sv[k], expected_sv[k]) for k in got_sv)
+
+
+def test_weight_spectra_in_the_pass_warn_when_the_compute_dtype_rounds_the_stored_weights(tmp_path):
+    """A float32 checkpoint run in bfloat16 would give 08 weight metrics of rounded weights: said
+    before the pass; float32 compute of bfloat16 or float32 weights is exact and says nothing."""
+    assert holds_exactly("BF16", torch.float32) and holds_exactly("F32", torch.float32)
+    assert holds_exactly("BF16", torch.bfloat16) and not holds_exactly("F32", torch.bfloat16)
+    assert not holds_exactly("F16", torch.bfloat16) and not holds_exactly("F64", torch.float32)
+    _, streamed = _checkpoint(tiny_causal_models[0], tmp_path)
+    exact = LayerwiseModel.from_model(streamed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BlockWeightSpectra(exact)
+    rounded = LayerwiseModel.from_checkpoint(exact.checkpoint, dtype=torch.bfloat16)
+    with pytest.warns(UserWarning, match="bfloat16 compute copies of weights stored as F32"):
+        BlockWeightSpectra(rounded)

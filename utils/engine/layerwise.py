@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -638,12 +639,22 @@ class FFNStats(LayerConsumer):
         return out
 
 
+_WIDER_THAN = {torch.float32: {"F32", "BF16", "F16"}, torch.float64: {"F64", "F32", "BF16", "F16"}}
+_SAFETENSORS_NAME = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+
+
+def holds_exactly(stored: str, compute: torch.dtype) -> bool:
+    """Whether converting a tensor stored as `stored` (safetensors' name) to `compute` keeps every value."""
+    return stored == _SAFETENSORS_NAME.get(compute) or stored in _WIDER_THAN.get(compute, set())
+
+
 class BlockWeightSpectra(LayerConsumer):
     """`utils.metrics.weight_spectra.weight_spectra` of the model the pass runs, from the tensors
     the pass reads anyway: each block's matrices while the block is resident, the embedding in the
     embedding phase, an untied LM head at the end (so a streamed checkpoint is read once for its
     weight and activation metrics). Equal to `weight_spectra` when the compute dtype holds the
-    stored weights exactly (float32 compute, or the stored dtype); `table()` gives its result.
+    stored weights exactly (`holds_exactly`: float32 compute, or the stored dtype), else a warning
+    at construction; `table()` gives its result.
     Default SpectraOptions only: randomize's shuffles would come in another order. Its `finish`
     makes the engine read the head; with a tied head that is no second read, but the embedding
     tensor (V x d, stored dtype) stays through the pass."""
@@ -655,6 +666,14 @@ class BlockWeightSpectra(LayerConsumer):
         self.adapter, self.rng = lw.adapter, np.random.RandomState(self.options.seed)
         # Tied or not as the checkpoint says: the skeleton's head holds its own copy of a tied tensor.
         self.tied = (lw.checkpoint if lw.streamed else lw.adapter).unembedding_is_tied()
+        if lw.streamed:
+            store = lw.checkpoint.store
+            floats = {store.dtype(n) for n in store.names} & {"F64", "F32", "BF16", "F16"}  # not integer buffers
+            rounded = sorted(d for d in floats if not holds_exactly(d, lw.dtype))
+            if rounded:
+                warnings.warn(f"weight metrics are taken from the {str(lw.dtype).removeprefix('torch.')} compute copies "
+                              f"of weights stored as {'/'.join(rounded)}: they differ from notebook 01's, which reads "
+                              "the stored values (compute in float32 for the same numbers)", stacklevel=2)
         self.blocks: list[dict] = []
         self.outside: list[dict] = []  # embedding, untied unembedding (layer -1)
 

@@ -222,6 +222,12 @@ class TensorStore:
         self._check(name)
         return tuple(self._meta[name][0])
 
+    def dtype(self, name: str) -> str:
+        """The stored dtype as safetensors names it ("F32", "BF16", ...; a quantized weight: "F32", what it is
+        read as)."""
+        self._check(name)
+        return "F32" if name in self.quantized else self._meta[name][1]
+
     def nbytes(self, name: str) -> int:
         """Bytes of the tensor in its stored dtype."""
         shape, dtype = self.shape(name), self._meta[name][1]

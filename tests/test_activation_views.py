@@ -181,7 +181,7 @@ def test_05_refuses_a_layer_beyond_its_budget_before_the_pass(tmp_path, monkeypa
     _, streamed = _checkpoint(tiny_causal_models[0], tmp_path)
     p = ffn.FFNParameters(n_sequences=8, seq_len=32)
     plan = ffn.plan(streamed, p)
-    assert plan.layer_bytes == ffn_layer_bytes(p.n_tokens, streamed.dims.d_ff)[1] > 0
+    assert plan.layer_bytes == ffn_layer_bytes(p.n_tokens, streamed.dims.d_ff, pre_width=streamed.dims.d)[1] > 0
     monkeypatch.setattr(ffn, "default_ffn_budget", lambda device: plan.layer_bytes - 1)  # "half the free memory"
     reads = _count_reads(monkeypatch)
     with pytest.raises(MemoryError, match="ffn_memory_mb"):

@@ -296,3 +296,34 @@ def test_tied_head_without_a_lens_consumer_reads_the_embedding_at_the_end(tmp_pa
     with torch.inference_mode():
         torch.testing.assert_close(head.logits(head.final_norm(h)),
                                    loaded.adapter.logits(loaded.adapter.apply_final_norm(h)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n_sequences", [5, 1], ids=["covariance-route", "gram-route"])
+@pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
+def test_pre_activations_from_the_input_equal_the_direct_spectra(model, n_sequences):
+    """FFNStats(pre_from_input=True): the pre problem d wide (X R^T), D_ff - d exact zeros, every
+    eigenvalue equal to the D_ff-wide statistics of the hooked outputs in the same pass."""
+    loaded = load_model(model)
+    dims, tokens = loaded.dims, _tokens(n_sequences)
+    assert dims.d < dims.d_ff, "every tiny family widens its FFN"
+    n = n_sequences * SEQ_LEN  # every attended row: the largest problem of the layer
+    common = dict(dtype="float64", keep=False, keep_skipped=True, route="auto", n_rows=n)
+    direct = FFNStats(range(dims.L), dims.d_ff, "cpu", **common)
+    factored = FFNStats(range(dims.L), dims.d_ff, "cpu", **common, pre_from_input=True)
+    run_layerwise(LayerwiseModel.from_loaded(loaded), tokens, [direct, factored], batch_size=2, skip_first=SKIP,
+                  progress=False)
+    for i in range(dims.L):
+        for kind in ("pre", "pre_all", "post", "post_all"):
+            ours, ref = factored.eigenvalues[i][kind], direct.eigenvalues[i][kind]
+            assert ours.shape == ref.shape == (dims.d_ff,)
+            if kind.startswith("post"):
+                assert np.array_equal(ours, ref), f"layer {i} {kind}: the post route is unchanged"
+                continue
+            assert np.all(ours[dims.d :] == 0), f"layer {i} {kind}: the pre problem is d = {dims.d} wide"
+            np.testing.assert_allclose(ours, ref, rtol=0, atol=RTOL * ref[0], err_msg=f"layer {i} {kind}")
+    assert not factored._projection and not factored.pre and not factored._rows  # every layer freed
+
+
+def test_pre_from_input_needs_reduced_layers():
+    with pytest.raises(ValueError, match="keep=False"):
+        FFNStats([0], 8, "cpu", keep=True, pre_from_input=True)

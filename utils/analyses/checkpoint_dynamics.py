@@ -57,7 +57,7 @@ from utils.paths import cache_dir
 from utils.reporting.plotting import heatmap, line_panel, save_figure, subplots
 from utils.reporting.report import Report
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: pre-activation spectra through the projection's input (FFNStats pre_from_input)
 WEIGHT_METRICS = ("eff_rank", "stable_rank", "alpha")
 COLUMNS = ["step", "checkpoint", "layer", "metric", "value"]
 
@@ -108,7 +108,7 @@ def measure_checkpoint(loaded: LoadedModel | StreamedModel, tokens: TokenSample,
         raise SeriesError(f"{loaded.params.name}: windows of {tokens.input_ids.shape[1]} tokens exceed the model's "
                           f"{max_positions} positions; lower seq_len")
     n_rows = tokens.input_ids.shape[0] * (tokens.input_ids.shape[1] - skip_first)
-    route, need = ffn_layer_bytes(n_rows, dims.d_ff)
+    route, need = ffn_layer_bytes(n_rows, dims.d_ff, pre_width=min(dims.d, dims.d_ff))
     budget = (ffn_memory_mb << 20) or default_ffn_budget(lw.device)
     if need > budget:
         raise SeriesError(f"{loaded.params.name}: one layer's FFN statistics need {need / 2**20:.0f} MiB ({route} "
@@ -116,7 +116,7 @@ def measure_checkpoint(loaded: LoadedModel | StreamedModel, tokens: TokenSample,
     rows: list[tuple[int, str, float]] = []
     residual = ResidualStats(dims.L, dims.d, lw.device, torch.zeros(0, dtype=torch.long), tokens.input_ids.shape[1],
                              keep=False, route="auto", n_rows=n_rows)
-    ffn = FFNStats(range(dims.L), dims.d_ff, lw.device, keep=False, route="auto", n_rows=n_rows)
+    ffn = FFNStats(range(dims.L), dims.d_ff, lw.device, keep=False, route="auto", n_rows=n_rows, pre_from_input=True)
     weight_consumer = BlockWeightSpectra(lw)  # the weights' metrics from the blocks the pass reads
     run_layerwise(lw, tokens, [weight_consumer, residual, ffn], batch_size=batch_size, skip_first=skip_first,
                   progress=progress)

@@ -96,16 +96,21 @@ class FFNPlan:
     rank_floor: float  # eigenvalues above this fraction of the largest count in the numerical rank
     device: torch.device
     budget: int  # bytes one layer's FFN statistics may take
-    route: str  # "Gram" (N < D_ff: the N x N centred Gram, exact) or "covariance"
+    route: str  # post-activation: "Gram" (N < D_ff: the N x N centred Gram, exact) or "covariance"
+    pre_width: int  # width of the pre-activation problem: d when d < D_ff (through the projection's input), else D_ff
     layer_bytes: int  # one layer's FFN statistics, the only ones alive at a time
     layer_bytes_3b: int  # the same at a Qwen2.5-3B shape (D_ff = 11008) and this token count
     layerwise: LayerwiseModel  # the model, run block by block
     engine: str  # how the weights are held (`LayerwiseModel.describe`)
 
     def describe(self) -> str:
-        return (f"one layer-major pass over the text; each layer's FFN statistics ({self.route} route, "
-                f"{self.layer_bytes / 2**20:.0f} MiB) reduced to eigenvalues before the next block runs; weights "
-                f"{self.engine}")
+        d_ff = self.layerwise.adapter.dims.d_ff
+        pre = (f"pre-activations as the image of the projection's input, a {self.pre_width}-wide problem with "
+               f"{d_ff - self.pre_width} exact zeros (utils.metrics.linear_image)" if self.pre_width < d_ff
+               else "pre-activations D_ff wide")
+        return (f"one layer-major pass over the text; each layer's FFN statistics ({self.route} route for the "
+                f"post-activations, {pre}; {self.layer_bytes / 2**20:.0f} MiB) reduced to eigenvalues before the next "
+                f"block runs; weights {self.engine}")
 
 
 def plan(m: LoadedModel | StreamedModel, p: FFNParameters) -> FFNPlan:
@@ -126,13 +131,15 @@ def plan(m: LoadedModel | StreamedModel, p: FFNParameters) -> FFNPlan:
     budget = (p.ffn_memory_mb << 20) or default_ffn_budget(lw.device)
     # The Gram route pays only when every problem of the layer is narrower than D_ff: with the
     # skipped rows merged (all tokens), the largest has n_all_tokens rows.
-    route, need = ffn_layer_bytes(p.n_all_tokens if p.skip_first else n, d_ff, p.accumulator)
+    pre_width = min(lw.adapter.dims.d, d_ff)  # FFNStats(pre_from_input=True): d wide when d < D_ff
+    n_rows = p.n_all_tokens if p.skip_first else n
+    route, need = ffn_layer_bytes(n_rows, d_ff, p.accumulator, pre_width)
     if need > budget:
         raise MemoryError(f"one layer's FFN statistics need {need / 2**20:.0f} MiB ({route} route, D_ff = {d_ff}, "
                           f"{n} tokens) but ffn_memory_mb allows {budget / 2**20:.0f} MiB: raise ffn_memory_mb, or "
                           "lower n_sequences / seq_len")
-    return FFNPlan(tokens, shown, min(d_ff, n - 1), n - 1 < d_ff, rank_floor, lw.device, budget, route, need,
-                   ffn_layer_bytes(p.n_all_tokens if p.skip_first else n, 11008, p.accumulator)[1], lw, lw.describe())
+    return FFNPlan(tokens, shown, min(d_ff, n - 1), n - 1 < d_ff, rank_floor, lw.device, budget, route, pre_width,
+                   need, ffn_layer_bytes(n_rows, 11008, p.accumulator, 2048)[1], lw, lw.describe())
 
 
 def layer_row(i: int, pre: np.ndarray, post: np.ndarray, rank_floor: float) -> dict:
@@ -170,7 +177,8 @@ def _eigenvalues(fp: FFNPlan, p: FFNParameters) -> dict[str, torch.Tensor]:
     lw = fp.layerwise
     L, d_ff = lw.adapter.dims.L, lw.adapter.dims.d_ff
     stats = FFNStats(range(L), d_ff, lw.device, p.accumulator, keep=False, keep_skipped=p.skip_first > 0,
-                     route="auto", n_rows=p.n_all_tokens if p.skip_first else p.n_tokens, solver=p.eigen_solver)
+                     route="auto", n_rows=p.n_all_tokens if p.skip_first else p.n_tokens, solver=p.eigen_solver,
+                     pre_from_input=True)
     run_layerwise(lw, fp.tokens, [stats], batch_size=p.batch_size, skip_first=p.skip_first)
     kinds = ("pre", "post", "pre_all", "post_all") if p.skip_first else ("pre", "post")
     eig = {k: torch.from_numpy(np.stack([stats.eigenvalues[i][k] for i in range(L)])) for k in kinds}
@@ -184,7 +192,7 @@ def measure(m: LoadedModel | StreamedModel, fp: FFNPlan, p: FFNParameters) -> FF
     when N < D_ff); with `p.cache` the eigenvalues are cached (`cache_dir()/ffn_spectra`)."""
     key = fp.layerwise.run_key(m.params, fp.tokens, what="05_ffn_eigenspectrum", skip_first=p.skip_first,
                                batch_size=p.batch_size, accumulator=p.accumulator, route=fp.route,
-                               eigen_solver=p.eigen_solver)
+                               pre_width=fp.pre_width, eigen_solver=p.eigen_solver)
     path = keyed_entry("ffn_spectra", key)
     cached = read_cache(path, lambda f: torch.load(f, weights_only=True), "FFN spectra cache entry") if p.cache else None
     from_cache = cached is not None and cached.get("key") == key

@@ -33,9 +33,9 @@ Per-layer consumer protocol (`LayerConsumer`): the engine calls, in this order,
     on_state(StateBatch)  for every batch of residual state j (j = 0..L + 1, states in order;
                           state i + 1's batches come between block i's `on_block` and `end_ffn`),
     end_state(j)          after the last batch of state j: reduce, free,
-    on_ffn(kind, i, x, b) for every batch of block i's FFN rows ("pre": output of
-                          `ffn_pre_module(i)`, "post": input of `ffn_post_module(i)`), only for
-                          layers where `wants_ffn(i)` is true,
+    on_ffn(kind, i, x, b) for every batch of block i's FFN rows ("pre_input": input of
+                          `ffn_pre_module(i)`, "pre": its output, "post": input of
+                          `ffn_post_module(i)`), only for layers where `wants_ffn(i)` is true,
     on_block(i, adapter)  when block i holds its weights, before its batches (`adapter.weight_matrices(i)`
                           reads nothing more; `BlockWeightSpectra` takes notebook 01's metrics there),
     end_ffn(i)            after block i's last batch (before state i + 1's `end_state`),
@@ -66,6 +66,7 @@ from utils.engine.corpus import TokenSample
 from utils.engine.representations import add_lens_terms, final_lens_terms, lens_frame
 from utils.metrics.covariance import StreamingCovariance, accumulator_dtype, solver_dtype
 from utils.metrics.gram_route import gram_eigenvalues, prefer_gram
+from utils.metrics.linear_image import factor_pays, input_projection, padded
 from utils.metrics.weight_spectra import SpectraOptions, matrix_record, spectra_table
 from utils.models.adapters import CheckpointAdapter, ModelAdapter, get_adapter
 from utils.models.gguf import auto_class
@@ -422,7 +423,11 @@ def _ffn_hooks(lw: LayerwiseModel, layer: int, consumers, current: list) -> list
         for c in wanting:
             c.on_ffn(kind, layer, x, current[0])
 
-    return [lw.adapter.ffn_pre_module(layer).register_forward_hook(lambda m, a, out: feed("pre", out)),
+    def pre(module, args, out) -> None:
+        feed("pre_input", args[0])
+        feed("pre", out)
+
+    return [lw.adapter.ffn_pre_module(layer).register_forward_hook(pre),
             lw.adapter.ffn_post_module(layer).register_forward_pre_hook(lambda m, a: feed("post", a[0]))]
 
 
@@ -551,13 +556,20 @@ class ResidualStats(LayerConsumer):
             self.accumulators[state] = None
 
 
-def ffn_layer_bytes(n_rows: int, d_ff: int, accumulator: str = "float32") -> tuple[str, int]:
-    """(route, bytes) of one layer's FFN statistics in the layer-major pass: the N x N centred Gram
-    when N < D_ff (pre and post rows in float32 + the float64 Gram and its eigen copy), else the
-    D_ff x D_ff accumulators (pre and post in `accumulator` + a float64 eigen copy)."""
-    if prefer_gram(n_rows, d_ff):
-        return "Gram", 2 * n_rows * d_ff * 4 + 2 * n_rows * n_rows * 8
-    return "covariance", 2 * d_ff * d_ff * (4 if accumulator == "float32" else 8) + d_ff * d_ff * 8
+def ffn_layer_bytes(n_rows: int, d_ff: int, accumulator: str = "float32", pre_width: int | None = None) -> tuple[str, int]:
+    """(route of the D_ff-wide post-activation problem, bytes) of one layer's FFN statistics in the
+    layer-major pass. Each kind of width D (post: D_ff; pre: `pre_width`, d when `FFNStats` takes it
+    from the input, default D_ff) holds its N x D rows in float32 when N < D (Gram route), else its
+    D x D accumulator in `accumulator`; the reduction adds the larger workspace of the two (Gram
+    route: the float64 N x N Gram and its eigen copy; covariance route: a float64 D x D copy)."""
+    size = 4 if accumulator == "float32" else 8
+    held, workspace = 0, 0
+    for width in (d_ff, pre_width or d_ff):
+        if prefer_gram(n_rows, width):
+            held, workspace = held + n_rows * width * 4, max(workspace, 2 * n_rows * n_rows * 8)
+        else:
+            held, workspace = held + width * width * size, max(workspace, width * width * 8)
+    return ("Gram" if prefer_gram(n_rows, d_ff) else "covariance"), held + workspace
 
 
 class FFNStats(LayerConsumer):
@@ -567,25 +579,34 @@ class FFNStats(LayerConsumer):
     `pre_skipped`, `post_skipped`, float32 on the CPU), as in `ActivationStats`.
     keep=False: at `end_ffn(i)` layer i is reduced to eigenvalues and freed, as notebook 05 does:
     `eigenvalues[i] = {"pre", "post"}` over the statistic rows and, with keep_skipped, `"pre_all"`,
-    `"post_all"` over every attended row. route="auto" takes the N x N centred Gram
-    (`utils.metrics.gram_route`) instead of the D_ff x D_ff accumulator when N < D_ff
-    (rows then held: N x D_ff float32 per kind, instead of D_ff^2); "covariance" never. `n_rows`:
-    the rows of the layer's largest problem (with keep_skipped, every attended row: when those
-    reach D_ff, the Gram route would form a product and solve a problem no smaller than D_ff)."""
+    `"post_all"` over every attended row, each (D_ff,) descending. route="auto" takes the N x N
+    centred Gram (`utils.metrics.gram_route`) instead of a D x D accumulator when N < D (rows then
+    held: N x D float32 per kind, instead of D^2); "covariance" never. `n_rows`: the rows of the
+    layer's largest problem (with keep_skipped, every attended row: when those reach D, the Gram
+    route would form a product and solve a problem no smaller than D).
+    pre_from_input=True (keep=False): the pre-activation is the image of `ffn_pre_module`'s input
+    under its weight W (D_ff, d); when d < D_ff its nonzero covariance eigenvalues are those of the
+    d-wide rows X R^T (W = Q R, `utils.metrics.linear_image`), the other D_ff - d exact zeros, so
+    the pre problem is d wide (D = d above) instead of D_ff."""
 
     def __init__(self, layers: Sequence[int], d_ff: int, device, dtype: str = "float32", keep: bool = True,
-                 keep_skipped: bool = False, route: str = "covariance", n_rows: int = 0, solver: str = "float64"):
+                 keep_skipped: bool = False, route: str = "covariance", n_rows: int = 0, solver: str = "float64",
+                 pre_from_input: bool = False):
         if route not in ("covariance", "auto"):
             raise ValueError(f"route must be 'covariance' or 'auto', got {route!r}")
+        if pre_from_input and keep:
+            raise ValueError("pre_from_input needs keep=False: kept accumulators are D_ff x D_ff, as ActivationStats")
         self.layers, self.d_ff, self.device = set(layers), d_ff, device
         self.dtype, self.keep, self.keep_skipped = accumulator_dtype(dtype), keep, keep_skipped
         self.solver = solver  # eigen-solver precision of the reduction (keep=False)
         solver_dtype(solver)
-        self.gram = route == "auto" and not keep and prefer_gram(n_rows, d_ff)
+        self.auto, self.n_rows, self.pre_from_input = route == "auto" and not keep, n_rows, pre_from_input
+        self.gram = self.auto and prefer_gram(n_rows, d_ff)  # the route of a D_ff-wide problem
         self.pre: dict[int, StreamingCovariance] = {}
         self.post: dict[int, StreamingCovariance] = {}
         self.pre_skipped: dict[int, torch.Tensor] = {}
         self.post_skipped: dict[int, torch.Tensor] = {}
+        self._projection: dict[int, torch.Tensor] = {}  # pre_from_input: R^T (d, d) of the layer's pre weight
         self._rows: dict[tuple[str, int], list] = {}  # Gram route: statistic rows per (kind, layer)
         self._skipped: dict[tuple[str, int], list] = {}
         self.eigenvalues: dict[int, dict[str, np.ndarray]] = {}
@@ -593,49 +614,75 @@ class FFNStats(LayerConsumer):
     def wants_ffn(self, layer: int) -> bool:
         return layer in self.layers
 
+    def on_block(self, layer: int, adapter: ModelAdapter) -> None:
+        if self.pre_from_input and layer in self.layers:
+            weight = adapter.ffn_pre_weight(layer)  # (D_ff, d)
+            if factor_pays(weight):
+                self._projection[layer] = input_projection(weight).to(self.device)
+
     def on_ffn(self, kind: str, layer: int, x: torch.Tensor, batch: BatchInfo) -> None:
+        projection = self._projection.get(layer)
+        if kind == "pre_input":
+            if projection is None:
+                return
+            kind, x = "pre", x.to(self.device, torch.float32) @ projection  # (..., d): pre's column-space coordinates
+        elif kind == "pre" and projection is not None:
+            return  # taken from the input
         flat = x.reshape(-1, x.shape[-1])
         rows = flat[batch.rows.to(x.device)]
-        if self.gram:
+        if self._gram_for(rows.shape[1]):
             self._rows.setdefault((kind, layer), []).append(rows.float())
         else:
             accs = self.pre if kind == "pre" else self.post
             if layer not in accs:
-                accs[layer] = StreamingCovariance(self.d_ff, self.device, self.dtype)
+                accs[layer] = StreamingCovariance(rows.shape[1], self.device, self._storage(kind, layer))
             accs[layer].update(rows)
         if self.keep_skipped:
             self._skipped.setdefault((kind, layer), []).append(flat[batch.skipped.to(x.device)].float().cpu())
 
-    def _skipped_rows(self, kind: str, layer: int) -> torch.Tensor:
+    def _storage(self, kind: str, layer: int) -> str:
+        """Accumulator storage: float64 for a d-wide pre problem (d^2 float64 is an eighth of the
+        D_ff^2 float32 it replaces at D_ff = 4 d, and keeps rounding out of the null directions of
+        a LayerNorm'd input), else `dtype`."""
+        return "float64" if kind == "pre" and layer in self._projection else self.dtype
+
+    def _gram_for(self, width: int) -> bool:
+        return self.auto and prefer_gram(self.n_rows, width)
+
+    def _skipped_rows(self, kind: str, layer: int, width: int) -> torch.Tensor:
         rows = self._skipped.pop((kind, layer), [])
-        return torch.cat(rows) if rows else torch.zeros(0, self.d_ff)
+        return torch.cat(rows) if rows else torch.zeros(0, width)
 
     def end_ffn(self, layer: int) -> None:
         if layer not in self.layers:
             return
         if self.keep:
             if self.keep_skipped:
-                self.pre_skipped[layer] = self._skipped_rows("pre", layer)
-                self.post_skipped[layer] = self._skipped_rows("post", layer)
+                self.pre_skipped[layer] = self._skipped_rows("pre", layer, self.d_ff)
+                self.post_skipped[layer] = self._skipped_rows("post", layer, self.d_ff)
             return
-        self.eigenvalues[layer] = {k: v for kind in ("pre", "post") for k, v in self._reduce(kind, layer).items()}
+        self.eigenvalues[layer] = {k: padded(v, self.d_ff).numpy()
+                                   for kind in ("pre", "post") for k, v in self._reduce(kind, layer).items()}
+        self._projection.pop(layer, None)
 
-    def _reduce(self, kind: str, layer: int) -> dict[str, np.ndarray]:
+    def _reduce(self, kind: str, layer: int) -> dict[str, torch.Tensor]:
         """Eigenvalues of one kind of layer `layer` (and with the skipped rows merged), then freed."""
-        skipped = self._skipped_rows(kind, layer) if self.keep_skipped else None
-        if self.gram:
+        width = self._projection[layer].shape[1] if kind == "pre" and layer in self._projection else self.d_ff
+        skipped = self._skipped_rows(kind, layer, width) if self.keep_skipped else None
+        if self._gram_for(width):
             rows = torch.cat(self._rows.pop((kind, layer)))
-            out = {kind: gram_eigenvalues(rows, self.solver).numpy()}
+            out = {kind: gram_eigenvalues(rows, self.solver)}
             if skipped is not None:
                 everything = torch.cat([rows, skipped.to(rows.device)])
                 out[f"{kind}_all"] = (gram_eigenvalues(everything, self.solver) if prefer_gram(*everything.shape)
-                                      else _covariance_of(everything, self.device, self.dtype).eigenvalues(self.solver)).numpy()
+                                      else _covariance_of(everything, self.device, self._storage(kind, layer))
+                                      .eigenvalues(self.solver))
             return out
         acc = (self.pre if kind == "pre" else self.post).pop(layer)
-        out = {kind: acc.eigenvalues(self.solver).numpy()}
+        out = {kind: acc.eigenvalues(self.solver)}
         if skipped is not None:
             acc.update(skipped)  # Chan's merge: all-token statistics, as notebook 05
-            out[f"{kind}_all"] = acc.eigenvalues(self.solver).numpy()
+            out[f"{kind}_all"] = acc.eigenvalues(self.solver)
         return out
 
 

@@ -315,6 +315,10 @@ class ModelAdapter(WeightAdapter):
         gate = self._gate_module(layer)
         return gate if gate is not None else _get(self.block(layer), self.family.ffn_in)
 
+    def ffn_pre_weight(self, layer: int) -> torch.Tensor:
+        """Weight (D_ff, d) of `ffn_pre_module(layer)`: its output is input @ W^T (+ bias)."""
+        return _linear(self.ffn_pre_module(layer))
+
     def ffn_post_module(self, layer: int) -> nn.Module:
         """Module whose input is the FFN post-activation (the down projection)."""
         return _get(self.block(layer), self.family.ffn_out)

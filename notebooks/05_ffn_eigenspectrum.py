@@ -67,6 +67,9 @@ print(f"{loaded.params.name}: L={loaded.dims.L}, d={loaded.dims.d}, D_ff={loaded
 # only) are taken before the next block runs (NerVE appendix F, Algorithm 1), so one layer's
 # statistics exist at a time. With fewer tokens than D_ff the nonzero eigenvalues come from the
 # N x N centred Gram of the same rows (exact: the nonzero eigenvalues of X^T X and X X^T agree).
+# The pre-activation X W^T + b has rank at most d < D_ff: with W = QR, its covariance is
+# Q cov(X R^T) Q^T, so its nonzero eigenvalues are those of the d x d covariance of X R^T and the
+# other D_ff - d are exactly zero (`utils.metrics.linear_image`; a quarter of the width at D_ff = 4d).
 #
 # Sink positions. The first `skip_first` positions of every window stay out of the main statistics,
 # but their rows are kept (a few per window) and merged into the same accumulator after the

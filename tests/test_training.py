@@ -49,6 +49,26 @@ def right_padded(n: int = 4, seq: int = 16) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
+def _recomputed_ffn_rows(model, ids, mask, act) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, (pre, post) rows of the unpadded tokens (n, D_ff) float64, from the weights."""
+    hidden = model(ids, output_hidden_states=True).hidden_states  # block inputs: hidden[l], l < L
+    keep = mask.reshape(-1).bool()
+    rows = []
+    for layer, block in enumerate(model.transformer.layers):
+        h = hidden[layer]
+        x = h + block.attn(block.ln_attn(h), None)
+        z = block.ln_mlp(x)  # FFN input (B, S, d)
+        mlp = block.mlp
+        if act == "swiglu":
+            pre = z @ mlp.gate_proj.weight.T
+            post = F.silu(pre) * (z @ mlp.up_proj.weight.T)
+        else:
+            pre = z @ mlp.up_proj.weight.T
+            post = F.gelu(pre) if act == "gelu" else F.relu(pre)
+        rows.append(tuple(r.reshape(-1, r.shape[-1])[keep].double() for r in (pre, post)))
+    return rows
+
+
 @pytest.mark.parametrize("act", ["gelu", "swiglu", "relu"])
 def test_ffn_hooks_match_direct_covariance(act):
     """Hooked pre/post covariances equal torch.cov of activations recomputed from the weights,
@@ -58,24 +78,31 @@ def test_ffn_hooks_match_direct_covariance(act):
     with torch.no_grad():
         with ffn_covariances(model, attention_mask=mask) as acc:
             model(ids, attention_mask=mask)
-        hidden = model(ids, output_hidden_states=True).hidden_states  # block inputs: hidden[l], l < L
-        keep = mask.reshape(-1).bool()
-        for layer, block in enumerate(model.transformer.layers):
-            h = hidden[layer]
-            x = h + block.attn(block.ln_attn(h), None)
-            z = block.ln_mlp(x)  # FFN input (B, S, d)
-            mlp = block.mlp
-            if act == "swiglu":
-                pre = z @ mlp.gate_proj.weight.T
-                post = F.silu(pre) * (z @ mlp.up_proj.weight.T)
-            else:
-                pre = z @ mlp.up_proj.weight.T
-                post = F.gelu(pre) if act == "gelu" else F.relu(pre)
+        for layer, (pre, post) in enumerate(_recomputed_ffn_rows(model, ids, mask, act)):
             for kind, rows in (("pre", pre), ("post", post)):
-                rows = rows.reshape(-1, rows.shape[-1])[keep].double()
                 assert acc.side(kind)[layer].count == int(mask.sum())
                 torch.testing.assert_close(acc.side(kind)[layer].covariance(), torch.cov(rows.T), rtol=1e-4, atol=1e-9)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), "hooks left behind"
+
+
+@pytest.mark.parametrize("act", ["gelu", "swiglu", "relu"])
+def test_ffn_hooks_pre_from_input_match_direct_spectra(act):
+    """pre_from_input: the pre accumulator is d wide, and its spectrum, padded with D_ff - d zeros,
+    equals the eigenvalues of torch.cov of the recomputed pre-activations (the training callback's route)."""
+    model = tiny(act)
+    ids, mask = right_padded()
+    d, d_ff = model.config.hidden_size, model.config.intermediate_size
+    with torch.no_grad():
+        with ffn_covariances(model, attention_mask=mask, pre_from_input=True) as acc:
+            model(ids, attention_mask=mask)
+        for layer, (pre, post) in enumerate(_recomputed_ffn_rows(model, ids, mask, act)):
+            assert acc.pre[layer].dim == d < d_ff
+            for kind, rows in (("pre", pre), ("post", post)):
+                ours = acc.spectrum(kind, layer)
+                ref = torch.linalg.eigvalsh(torch.cov(rows.T)).flip(0).clamp_min(0)
+                assert ours.shape == (d_ff,) and (kind == "post" or bool((ours[d:] == 0).all()))
+                torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5 * float(ref[0]))
+            assert layer not in acc.pre and layer not in acc.post  # spectrum() frees both
 
 
 @pytest.mark.parametrize("padded", [False, True])

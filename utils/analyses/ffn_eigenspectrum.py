@@ -399,7 +399,11 @@ def _data_paragraph(loaded: LoadedModel | StreamedModel, p: FFNParameters) -> st
         f"Pre-activation: "
         f"{'gate projection output (gated FFN)' if loaded.adapter.ffn(0).w_gate is not None else 'input projection output'}; "
         f"post-activation: input of the output projection. Covariances accumulated in {p.accumulator} with per-batch "
-        f"centring merged exactly (Chan et al. 1979), eigenvalues by {p.eigen_solver} eigvalsh; natural logarithms; JS "
+        f"centring merged exactly (Chan et al. 1979); "
+        + (f"the pre-activation's as the d x d covariance (float64) of the projection's input rows X R^T (W = QR: "
+           f"the same nonzero eigenvalues, the other D_ff - d = {d_ff - loaded.dims.d} exactly zero; "
+           f"`utils.metrics.linear_image`); " if loaded.dims.d < d_ff else "")
+        + f"eigenvalues by {p.eigen_solver} eigvalsh; natural logarithms; JS "
         f"rank-matched (NerVE eqs. 4-6); EEE divided by D/2 as "
         f"NerVE eq. (3) writes it (a rank-one spectrum gives (D-1)/D).")
 

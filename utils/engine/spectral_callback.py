@@ -96,7 +96,7 @@ class SpectralCallback:
         """One pass over eval_ids: eval loss and NerVE metrics per layer into `record`; returns
         the residual-state accumulator (d, d)."""
         loss_sum, n_targets, act = 0.0, 0, None
-        with torch.no_grad(), ffn_covariances(model) as acc:
+        with torch.no_grad(), ffn_covariances(model, pre_from_input=True) as acc:  # pre: d wide (linear_image)
             for i in range(0, len(self.eval_ids), self.batch_size):
                 ids = self.eval_ids[i: i + self.batch_size].to(device)  # (b, S)
                 mask = self.eval_mask[i: i + self.batch_size].to(device)
@@ -113,7 +113,7 @@ class SpectralCallback:
                 act.update(h.reshape(-1, h.shape[-1])[mask.reshape(-1).bool()])
             record["eval_loss"] = loss_sum / n_targets
             for layer in acc.layers:  # one layer at a time; free each accumulator after
-                eig_pre, eig_post = acc.pre.pop(layer).eigenvalues(), acc.post.pop(layer).eigenvalues()
+                eig_pre, eig_post = acc.spectrum("pre", layer), acc.spectrum("post", layer)
                 record.update({f"{k}_l{layer}": v for k, v in nerve_metrics(eig_pre, eig_post).items()})
         return act
 

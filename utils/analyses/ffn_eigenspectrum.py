@@ -28,6 +28,7 @@ from utils.engine.layerwise import FFNStats, LayerwiseModel, ffn_layer_bytes, ru
 from utils.machine import peak_rss_bytes
 from utils.metrics.spectra import nerve_metrics, normalized
 from utils.models.loading import LoadedModel, StreamedModel
+from utils.models.shapes import SHAPES
 from utils.reporting.plotting import save_figure, subplots
 from utils.reporting.report import Report
 
@@ -85,6 +86,9 @@ def spectra_layers(adapter, requested: list) -> list[int]:
     return sorted({i % L for i in requested})
 
 
+QWEN_3B = SHAPES["qwen2.5-3b"]  # the report's memory projection at a 3B shape
+
+
 @dataclass
 class FFNPlan:
     """Tokens, memory and route of one notebook 05 run (one layer-major pass)."""
@@ -139,7 +143,8 @@ def plan(m: LoadedModel | StreamedModel, p: FFNParameters) -> FFNPlan:
                           f"{n} tokens) but ffn_memory_mb allows {budget / 2**20:.0f} MiB: raise ffn_memory_mb, or "
                           "lower n_sequences / seq_len")
     return FFNPlan(tokens, shown, min(d_ff, n - 1), n - 1 < d_ff, rank_floor, lw.device, budget, route, pre_width,
-                   need, ffn_layer_bytes(n_rows, 11008, p.accumulator, 2048)[1], lw, lw.describe())
+                   need, ffn_layer_bytes(n_rows, QWEN_3B["intermediate_size"], p.accumulator, QWEN_3B["hidden_size"])[1], lw,
+                   lw.describe())
 
 
 def layer_row(i: int, pre: np.ndarray, post: np.ndarray, rank_floor: float) -> dict:

@@ -560,11 +560,12 @@ def ffn_layer_bytes(n_rows: int, d_ff: int, accumulator: str = "float32", pre_wi
     """(route of the D_ff-wide post-activation problem, bytes) of one layer's FFN statistics in the
     layer-major pass. Each kind of width D (post: D_ff; pre: `pre_width`, d when `FFNStats` takes it
     from the input, default D_ff) holds its N x D rows in float32 when N < D (Gram route), else its
-    D x D accumulator in `accumulator`; the reduction adds the larger workspace of the two (Gram
-    route: the float64 N x N Gram and its eigen copy; covariance route: a float64 D x D copy)."""
-    size = 4 if accumulator == "float32" else 8
+    D x D accumulator in `accumulator` (a d-wide pre accumulator in float64, as `FFNStats` keeps it);
+    the reduction adds the larger workspace of the two (Gram route: the float64 N x N Gram and its
+    eigen copy; covariance route: a float64 D x D copy)."""
     held, workspace = 0, 0
     for width in (d_ff, pre_width or d_ff):
+        size = 8 if accumulator != "float32" or width < d_ff else 4
         if prefer_gram(n_rows, width):
             held, workspace = held + n_rows * width * 4, max(workspace, 2 * n_rows * n_rows * 8)
         else:

@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -56,6 +57,7 @@ marker: str = ""
 write: bool = True
 
 # %%
+import os
 import time
 from pathlib import Path
 
@@ -65,7 +67,7 @@ out = output_dir(load_params(model), "99_probe", output_root)
 if write:
     write_text(out / "table.csv", f"tag\\n{tag}\\n")
 if marker:
-    Path(marker).write_text("started")
+    Path(marker).write_text(str(os.getpid()))  # the kernel's pid
     time.sleep(120)
 '''
 
@@ -276,6 +278,8 @@ def test_an_interrupted_run_says_one_line_and_is_not_a_failure(tmp_path, probe, 
     child.send_signal(signum)
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 128 + signum
+    kernel = int(marker.read_text())  # stopped with the run, whichever await the signal interrupted
+    assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
     assert stderr.strip().count("\n") == 0 and "interrupted" in stderr and "previous outputs kept" in stderr, stderr
     assert (first / "table.csv").read_text() == "tag\nprevious\n"
     assert not (first / "99_probe.failed.ipynb").exists()

@@ -198,11 +198,40 @@ def _execute(source: Path, staging: Path, executed: Path, out: Path, values: dic
         ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "ipc")},
                       "NotebookClient": {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"],
                                          "shutdown_kernel": "immediate"}})
-        papermill.execute_notebook(
-            str(source_ipynb), str(executed), parameters=values, cwd=str(NOTEBOOKS_DIR),
-            kernel_name="python3", progress_bar=False, log_output=log_output, config=ipc,
-        )
+        try:
+            papermill.execute_notebook(
+                str(source_ipynb), str(executed), parameters=values, cwd=str(NOTEBOOKS_DIR),
+                kernel_name="python3", progress_bar=False, log_output=log_output, config=ipc,
+            )
+        except BaseException:
+            _stop_kernels_of(sockets)
+            raise
     source_ipynb.unlink()
+
+
+def _stop_kernels_of(sockets: str) -> None:
+    """Kill the kernels of this run (children of this process whose connection file names the
+    run's own ipc socket folder). A signal that lands while nbclient's event loop waits in select()
+    leaves `run_until_complete` without unwinding nbclient's coroutine, so its cleanup never stops
+    the kernel: it would go on computing (and hold the run's stdout and stderr open) after the one
+    line that says the run was interrupted."""
+    import psutil
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if _connection_names(child, sockets):
+                child.kill()
+                child.wait(timeout=10)
+
+
+def _connection_names(child, sockets: str) -> bool:
+    """Whether the kernel `child`'s connection file (its `-f` argument) names the ipc folder `sockets`."""
+    args = child.cmdline()
+    for flag, value in zip(args, args[1:]):
+        if flag == "-f" and value.endswith(".json"):
+            with contextlib.suppress(OSError, ValueError):
+                return sockets in Path(value).read_text(encoding="utf-8")
+    return False
 
 
 def _interruption(err: BaseException) -> int | None:

@@ -267,14 +267,30 @@ def _wait_for(marker: Path, child: subprocess.Popen, limit: float = 120) -> None
 
 # --- 10. interruptions are one line, and not failures --------------------------------------------------
 
+def _signals_as_a_shell() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults and not blocked, as an
+    interactive shell starts make; a test worker's own dispositions are not inherited."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _signal_state(pid: int, signum: int) -> tuple[bool, bool]:
+    """(ignored, blocked) of `signum` in process `pid`, from /proc/<pid>/status (SigIgn, SigBlk)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    bit = 1 << (signum - 1)
+    return bool(int(fields["SigIgn"], 16) & bit), bool(int(fields["SigBlk"], 16) & bit)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_says_one_line_and_is_not_a_failure(tmp_path, probe, signum):
     first = run.execute_notebook(probe, TINY, tmp_path / "out", {"tag": "previous"})
     marker = tmp_path / "started"
     child = subprocess.Popen([PY, "-m", "utils.run", str(probe), str(TINY), "--output-root", str(tmp_path / "out"),
                               "-p", f"marker={marker}", "-p", "tag=second"], env=ENV, cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_signals_as_a_shell)
     _wait_for(marker, child)
+    assert _signal_state(child.pid, signum) == (False, False)  # (ignored, blocked): as a terminal's make would start it
     child.send_signal(signum)
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 128 + signum

@@ -21,8 +21,10 @@ dead run's half-done swap is undone by the next run. A failed run leaves the pre
 outputs as they were, with the failed executed notebook beside them as `<notebook>.failed.ipynb`;
 an interrupted run (Ctrl-C, SIGTERM from make, SIGHUP) leaves them with
 `<notebook>.interrupted.ipynb` (when papermill wrote one) and exits 130 / 128 + signal after one
-line. Staging folders of runs that died (SIGKILL, the OOM killer: their process is gone) are
-removed by the next run in the same model folder. (Interactive runs in JupyterLab and papermill's
+line; the signal handler (`_on_signal`) first kills the run's kernel, so no kernel goes on
+computing after the run has ended, whichever await of nbclient's event loop the signal hit.
+Staging folders of runs that died (SIGKILL, the OOM killer: their process is gone) are removed by
+the next run in the same model folder. (Interactive runs in JupyterLab and papermill's
 own command line are not staged: they write into the output folder directly.)
 
 The kernel is reached over IPC sockets in a private temporary folder rather than TCP ports on
@@ -154,6 +156,7 @@ def execute_notebook(notebook: str | Path, model, output_root: str | Path = "out
                      parameters: dict | None = None, log_output: bool = False) -> Path:
     """Run one notebook for one params file, staged (module doc); return its output directory."""
     source, params, overrides, out = check_run(notebook, model, output_root, parameters)
+    _RECEIVED.clear()
     name = source.stem
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out.parent)
@@ -190,6 +193,7 @@ def _execute(source: Path, staging: Path, executed: Path, out: Path, values: dic
     source_ipynb = staging / f".{source.stem}.source.ipynb"
     jupytext.write(jupytext.read(source), source_ipynb)
     with _staged(out, staging), tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
+        _RUNNING.append(sockets)
         # The kernel's own log (not the cells' output) stays quiet: an interrupted run's kernel logs
         # tracebacks of its closed sockets that say nothing about the notebook. Once the last cell
         # has run the kernel is stopped at once: every file a cell writes is complete (atomic
@@ -206,7 +210,13 @@ def _execute(source: Path, staging: Path, executed: Path, out: Path, values: dic
         except BaseException:
             _stop_kernels_of(sockets)
             raise
+        finally:
+            _RUNNING.remove(sockets)
     source_ipynb.unlink()
+
+
+_RUNNING: list[str] = []  # the ipc folders of the kernels this process is running now
+_RECEIVED: list[int] = []  # signals `_on_signal` took during this process's current run
 
 
 def _stop_kernels_of(sockets: str) -> None:
@@ -238,6 +248,8 @@ def _interruption(err: BaseException) -> int | None:
     """The signal number when `err` is an interruption (also a KeyboardInterrupt inside the kernel), else None."""
     if isinstance(err, RunInterrupted):
         return err.signum
+    if _RECEIVED:  # the handler stopped the kernel: whatever nbclient raised then, the run was interrupted
+        return _RECEIVED[-1]
     if isinstance(err, KeyboardInterrupt) or getattr(err, "ename", None) == "KeyboardInterrupt":
         return signal.SIGINT
     if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128:
@@ -405,6 +417,12 @@ def _parse_overrides(items: list[str], types: dict[str, str]) -> dict:
 
 
 def _on_signal(signum, frame):
+    """utils.run's SIGINT, SIGTERM and SIGHUP: stop the running kernel, then raise. Should the
+    exception be lost inside nbclient's event loop, the dead kernel still ends the run, and
+    `_interruption` knows it was a signal."""
+    _RECEIVED.append(signum)
+    for sockets in list(_RUNNING):
+        _stop_kernels_of(sockets)
     raise RunInterrupted(signum)
 
 
@@ -419,8 +437,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="print one line and exit 0 when the model is not available offline")
     args = parser.parse_args(argv)
     # make sends SIGTERM when interrupted, a closed terminal SIGHUP: exit through Python, one line.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a caller's ignored SIGINT (`cmd &` in a script) stays so
+            signal.signal(signum, _on_signal)
+    if hasattr(signal, "pthread_sigmask"):  # held back only during the swap (_held_signals), never inherited
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
     # Our one line says how a run ended; papermill's and asyncio's logs of a kernel stopped under
     # them ("Kernel died ...", "Task exception was never retrieved") would only repeat it.
     for logger in ("papermill", "asyncio"):

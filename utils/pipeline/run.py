@@ -221,10 +221,10 @@ _RECEIVED: list[int] = []  # signals `_on_signal` took during this process's cur
 
 def _stop_kernels_of(sockets: str) -> None:
     """Kill the kernels of this run (children of this process whose connection file names the
-    run's own ipc socket folder). A signal that lands while nbclient's event loop waits in select()
-    leaves `run_until_complete` without unwinding nbclient's coroutine, so its cleanup never stops
-    the kernel: it would go on computing (and hold the run's stdout and stderr open) after the one
-    line that says the run was interrupted."""
+    run's own ipc socket folder). nbclient stops its kernel in its own cleanup, which an exception
+    raised by a signal outside its coroutine (or lost inside its event loop) can skip: the kernel
+    would go on computing, holding the run's stdout and stderr open. Seen twice in `make test`
+    (the cause was not pinned down), so the kernel is stopped here, not left to nbclient."""
     import psutil
 
     for child in psutil.Process().children():

@@ -290,7 +290,8 @@ def test_an_interrupted_run_says_one_line_and_is_not_a_failure(tmp_path, probe, 
                               "-p", f"marker={marker}", "-p", "tag=second"], env=ENV, cwd=REPO_ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_signals_as_a_shell)
     _wait_for(marker, child)
-    assert _signal_state(child.pid, signum) == (False, False)  # (ignored, blocked): as a terminal's make would start it
+    if Path("/proc/self/status").exists():  # (ignored, blocked): as a terminal's make would start it
+        assert _signal_state(child.pid, signum) == (False, False)
     child.send_signal(signum)
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 128 + signum

@@ -493,3 +493,13 @@ def test_stdlib_corpus_is_extracted_once_and_an_unreadable_entry_is_re_extracted
     monkeypatch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path))
     assert corpus_module._stdlib_docstrings(20_000) == reference  # unreadable: a miss, re-extracted
     assert entry.read_bytes().decode("utf-8") == reference
+
+
+def test_a_run_whose_kernel_the_signal_handler_stopped_counts_as_interrupted(monkeypatch):
+    """`_on_signal` kills the kernel before raising: should its exception be lost inside nbclient's
+    loop, what nbclient raises next (a dead kernel) is still an interruption by that signal."""
+    monkeypatch.setattr(run, "_RECEIVED", [])
+    assert run._interruption(RuntimeError("kernel died")) is None
+    with pytest.raises(run.RunInterrupted):
+        run._on_signal(signal.SIGTERM, None)
+    assert run._interruption(RuntimeError("kernel died")) == signal.SIGTERM

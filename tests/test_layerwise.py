@@ -92,12 +92,16 @@ def _compare_stats(ref, new) -> None:
         _close(ref.ffn_post_skipped[i], new.ffn_post_skipped[i], f"skipped post rows layer {i}")
 
 
-def _both_engines(loaded, lw: LayerwiseModel, tokens: TokenSample, mask: torch.Tensor | None, ffn_layers) -> None:
+def _both_engines(loaded, lw: LayerwiseModel, tokens: TokenSample, mask: torch.Tensor | None, ffn_layers,
+                  lens_chunk: int | None = None) -> None:
+    """Both engines on the same tokens; the lens computes logits `lens_chunk` tokens at a time
+    (default: 4096 logits at a time, a few tokens of a tiny vocabulary)."""
     stat = torch.ones_like(tokens.input_ids, dtype=torch.bool) if mask is None else mask.bool().clone()
     stat[:, :SKIP] = False
     shape, causal = tuple(tokens.input_ids.shape), loaded.adapter.is_causal_lm
-    lens = LogitLens(loaded.adapter, shape, 40, 0, mask=stat, max_logit_elements=4096) if causal else None
-    lens2 = LayerwiseLogitLens(lw.adapter, shape, 40, 0, mask=stat, max_logit_elements=4096) if causal else None
+    elements = 4096 if lens_chunk is None else lens_chunk * loaded.dims.V
+    lens = LogitLens(loaded.adapter, shape, 40, 0, mask=stat, max_logit_elements=elements) if causal else None
+    lens2 = LayerwiseLogitLens(lw.adapter, shape, 40, 0, mask=stat, max_logit_elements=elements) if causal else None
     drift, drift2 = Drift(loaded.adapter.final_norm is not None), LayerwiseDrift(lw.adapter.dims.L,
                                                                                  lw.adapter.final_norm is not None)
     kw = dict(ffn_layers=ffn_layers, keep_samples=25, batch_size=2, skip_first=SKIP, keep_skipped=True,
@@ -205,7 +209,8 @@ def test_smollm2_streamed_equals_todays_engine():
     lw = LayerwiseModel.from_streamed(streamed, device="cpu")
     g = torch.Generator().manual_seed(1)
     tokens = TokenSample(input_ids=torch.randint(3, 49152, (3, 24), generator=g), corpus="random", seed=1)
-    _both_engines(loaded, lw, tokens, None, [0, loaded.dims.L - 1])
+    # 16 tokens a lens chunk (3 chunks of the 40 lens tokens): each chunk reads the 113 MB LM head once a layer
+    _both_engines(loaded, lw, tokens, None, [0, loaded.dims.L - 1], lens_chunk=16)
     assert set(lw.reads.values()) == {1} and set(lw.reads) == set(streamed.adapter.store.names)
 
 

@@ -31,12 +31,28 @@ def notebook_output_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebook-output")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_kernels(request):
+    """Kernels forked from a process that imported torch, transformers and the rest once
+    (tests/warm_kernel.py): ~4 s less per notebook run; the cells run as in a fresh kernel.
+    Started with the session (it imports while other tests run) where any test runs a notebook."""
+    if not any("run_notebook" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    from .warm_kernel import WarmKernels
+
+    warm = WarmKernels()
+    yield warm
+    warm.close()
+
+
 @pytest.fixture(scope="session")
-def run_notebook(notebook_output_root):
+def run_notebook(notebook_output_root, warm_kernels):
     """run_notebook(notebook, params_path, **parameters) -> output directory of that run."""
     from utils.pipeline.run import execute_notebook
 
     def run(notebook: str, model: str, **parameters) -> Path:
-        return execute_notebook(notebook, model, notebook_output_root, parameters)
+        with warm_kernels.active():
+            return execute_notebook(notebook, model, notebook_output_root, parameters)
 
     return run

@@ -37,6 +37,7 @@ from utils.analyses.weight_spectra import (
     fit_sentence,
     layerwise_figure,
     spectra_figure,
+    spectra_table_name,
     summary_table,
     weight_spectra_findings,
 )
@@ -80,6 +81,7 @@ base_loaded = load_weights(base) if base else None
 adapter, dims = loaded.adapter, loaded.dims
 out = output_dir(loaded.params, "01_weight_spectra", output_root)
 subject = f"W - W_base ({base_loaded.params.name})" if base else (f"LoRA updates ({lora})" if lora else "W")
+table_name = spectra_table_name(base, lora)  # weight_spectra.csv only for W itself: notebooks 03 and 07 read it as W's
 print(f"{loaded.params.name}: {loaded.origin}; loaded in {loaded.load_seconds:.1f} s; analysing {subject}")
 pd.DataFrame([loaded.describe()]).T
 
@@ -96,7 +98,7 @@ else:
 if df.empty:  # weight_spectra leaves out every matrix equal to the base's
     raise ValueError(f"W - W_base is zero for every matrix: base={base!r} holds the same weights as model={model!r}; "
                      "name the checkpoint the model was fine-tuned from (or leave base empty)")
-write_csv(df, out / "weight_spectra.csv")
+write_csv(df, out / table_name)
 weight_types = [w for w in df.weight.unique() if w not in ("embed", "unembed")]
 findings = weight_spectra_findings(df, dims.L, heavy_tail_alpha, level)
 summary_table(findings)
@@ -157,7 +159,7 @@ report.model_section(loaded, analysed=subject)
 report.heading("Findings").bullets(sentences)
 report.heading("WeightWatcher summary (get_summary: means over matrices)").table(summary_table(findings), digits=4)
 report.bullets([
-    "Every column of WeightWatcher 0.7.7's `analyze()` frame is in weight_spectra.csv under its name and formula "
+    f"Every column of WeightWatcher 0.7.7's `analyze()` frame is in {table_name} under its name and formula "
     "(`utils.metrics.weightwatcher`; tests/test_weightwatcher.py compares them with the installed weightwatcher).",
     "Differences on purpose: matrices with more than WeightWatcher's max_N = 50,000 rows are fitted here (it skips "
     f"them): {', '.join(findings.beyond_max_n) or 'none in this model'}; WeightWatcher's `spectral_norm` is lambda_max "

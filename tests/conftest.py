@@ -31,14 +31,10 @@ def notebook_output_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("notebook-output")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def warm_kernels(request):
+@pytest.fixture(scope="session")
+def warm_kernels():
     """Kernels forked from a process that imported torch, transformers and the rest once
-    (tests/warm_kernel.py): ~4 s less per notebook run; the cells run as in a fresh kernel.
-    Started with the session (it imports while other tests run) where any test runs a notebook."""
-    if not any("run_notebook" in item.fixturenames for item in request.session.items):
-        yield None
-        return
+    (tests/warm_kernel.py): ~4 s less per notebook run; the cells run as in a fresh kernel."""
     from .warm_kernel import WarmKernels
 
     warm = WarmKernels()
@@ -46,13 +42,31 @@ def warm_kernels(request):
     warm.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def start_warm_kernels_early(request):
+    """The warm server starts with the session (it imports while other tests run) where any test of
+    this process's collection runs a notebook."""
+    if any("warm_kernels" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("warm_kernels")
+
+
 @pytest.fixture(scope="session")
-def run_notebook(notebook_output_root, warm_kernels):
-    """run_notebook(notebook, params_path, **parameters) -> output directory of that run."""
+def execute_warm(warm_kernels):
+    """utils.pipeline.run.execute_notebook (same arguments) on a kernel forked from the warm server."""
     from utils.pipeline.run import execute_notebook
 
-    def run(notebook: str, model: str, **parameters) -> Path:
+    def execute(*args, **kwargs) -> Path:
         with warm_kernels.active():
-            return execute_notebook(notebook, model, notebook_output_root, parameters)
+            return execute_notebook(*args, **kwargs)
+
+    return execute
+
+
+@pytest.fixture(scope="session")
+def run_notebook(notebook_output_root, execute_warm):
+    """run_notebook(notebook, params_path, **parameters) -> output directory of that run."""
+
+    def run(notebook: str, model: str, **parameters) -> Path:
+        return execute_warm(notebook, model, notebook_output_root, parameters)
 
     return run

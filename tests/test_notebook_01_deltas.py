@@ -40,7 +40,8 @@ def checkpoints(tmp_path_factory):
 def test_notebook_01_delta_against_the_base(run_notebook, checkpoints):
     first, last, step = checkpoints
     out = run_notebook("01_weight_spectra", last, base=first, **FAST)
-    df = pd.read_csv(out / "weight_spectra.csv")
+    assert not (out / "weight_spectra.csv").exists()  # notebooks 03 and 07 would read it as W's spectra
+    df = pd.read_csv(out / "delta_spectra.csv")
     a, b = load_weights(last).adapter, load_weights(first).adapter
     pairs = zip(block_matrices(a), block_matrices(b))
     expected = {(layer, name): torch.linalg.svdvals(W.double() - W0.double()).numpy() for (layer, name, W), (_, _, W0) in pairs}
@@ -84,7 +85,8 @@ def lora_adapter(tmp_path_factory):
 def test_notebook_01_lora_updates_have_rank_r_and_scale_alpha_over_r(run_notebook, lora_adapter):
     directory, s = lora_adapter
     out = run_notebook("01_weight_spectra", TINY, lora=str(directory), **FAST)
-    df = pd.read_csv(out / "weight_spectra.csv")
+    assert not (out / "weight_spectra.csv").exists()  # notebooks 03 and 07 would read it as W's spectra
+    df = pd.read_csv(out / "lora_update_spectra.csv")
     L = load_model(TINY).dims.L
     assert sorted(zip(df.layer, df.weight)) == sorted((i, w) for i in range(L) for w in ("q", "v"))
     assert (df.lora_rank == 4).all() and (df.matrix_rank == 4).all() and (df.rank_loss == df.max_rank - 4).all()
@@ -92,4 +94,4 @@ def test_notebook_01_lora_updates_have_rank_r_and_scale_alpha_over_r(run_noteboo
     np.testing.assert_allclose(df.norm, (s**2).sum(), rtol=1e-5)
     np.testing.assert_allclose(df.stable_rank, (s**2).sum() / s[0] ** 2, rtol=1e-5)
     np.testing.assert_allclose(df.lambda_max, s[0] ** 2, rtol=1e-5)
-    assert "LoRA updates" in (out / "report.md").read_text()
+    assert "LoRA updates" in (out / "report.md").read_text() and "lora_update_spectra.csv" in (out / "report.md").read_text()

@@ -8,7 +8,6 @@ import pytest
 
 from utils import load_model
 from utils.metrics.kernels import kernel_table
-from utils.pipeline.run import execute_notebook
 
 from .conftest import tiny_model_ids, tiny_models
 
@@ -24,8 +23,8 @@ def check_similarity(S: np.ndarray, L: int):
 
 
 @pytest.mark.parametrize("params", tiny_models, ids=tiny_model_ids)
-def test_notebook_03(tmp_path, params):
-    out = execute_notebook("03_subspace_geometry", params, tmp_path, dict(k=K))  # its own root: no notebook 04 outputs
+def test_notebook_03(tmp_path, params, execute_warm):
+    out = execute_warm("03_subspace_geometry", params, tmp_path, dict(k=K))  # its own root: no notebook 04 outputs
     loaded = load_model(params)
     dims = loaded.dims
     for name in ("subspace_similarity", "subspace_similarity_head0", "subspace_similarity_query",
@@ -92,7 +91,7 @@ def check_verdicts(out, al, loaded, ref: int, report: str, head: int = 0):
         assert inputs in report
 
 
-def test_notebook_03_uses_other_notebooks_outputs(tmp_path):
+def test_notebook_03_uses_other_notebooks_outputs(tmp_path, execute_warm):
     """With notebook 04's activation spectra and notebook 01's weight spectra present, "auto" takes the
     block of lowest activation effective rank and the cross-reference section correlates; k is clipped."""
     params = next(p for p in tiny_models if p.endswith("tiny-llama.yaml"))
@@ -112,7 +111,7 @@ def test_notebook_03_uses_other_notebooks_outputs(tmp_path):
     rows.append(dict(layer=-1, weight="embed", rows=256, cols=64, eff_rank=50.0, stable_rank=2.0, alpha=3.0,
                      mp_signal_ratio=0.1))
     pd.DataFrame(rows).to_csv(weights / "weight_spectra.csv", index=False)
-    out = execute_notebook("03_subspace_geometry", params, tmp_path, dict(k=10_000, head=1))
+    out = execute_warm("03_subspace_geometry", params, tmp_path, dict(k=10_000, head=1))
     report = (out / "report.md").read_text()
     assert "## 2. Convergence to layer 1" in report
     assert "lowest activation effective rank" in report

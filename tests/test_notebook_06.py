@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from utils.engine.training import head_gradient_movement
-from utils.pipeline.run import execute_notebook
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, steps=40, batch_size=8,
             seq_len=32, log_every=5, eval_windows=8, grad_samples=6, tail_window=[2, 16], activations=["gelu", "relu"],
@@ -16,8 +15,8 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory):
-    return execute_notebook("06_training_dynamics", "smollm2-135m", tmp_path_factory.mktemp("nb06"), TINY)
+def out(tmp_path_factory, execute_warm):
+    return execute_warm("06_training_dynamics", "smollm2-135m", tmp_path_factory.mktemp("nb06"), TINY)
 
 
 def test_gradient_spectra_saved_per_record(out):

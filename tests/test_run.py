@@ -73,12 +73,14 @@ def test_a_failed_run_leaves_the_previous_outputs(tmp_path):
         os.umask(previous)
 
 
-def _papermill(tmp_path, *args):
-    """Run notebook 01 with papermill's command line, as a user would from notebooks/."""
+def _papermill(tmp_path, warm_kernels, *args):
+    """Run notebook 01 with papermill's command line, as a user would from notebooks/ (its kernel
+    forked from the tests' warm server: what is tested here is how papermill's parameters arrive)."""
     ipynb = tmp_path / "01.ipynb"
     subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "--output", str(ipynb),
                     str(REPO_ROOT / "notebooks" / "01_weight_spectra.py")], check=True)
-    env = {**os.environ, "TRANSFORMER_SPECTRA_CACHE": str(tmp_path / "cache")}
+    with warm_kernels.active():
+        env = {**os.environ, "TRANSFORMER_SPECTRA_CACHE": str(tmp_path / "cache")}
     subprocess.run([sys.executable, "-m", "papermill", str(ipynb), str(tmp_path / "executed.ipynb"), *args,
                     "-p", "output_root", str(tmp_path / "out"), "--no-progress-bar"],
                    cwd=REPO_ROOT / "notebooks", env=env, check=True, capture_output=True)
@@ -87,9 +89,10 @@ def _papermill(tmp_path, *args):
 
 @pytest.fixture
 def params_file(tmp_path):
-    """tiny-llama with an override for notebook 01, which the report shows."""
+    """tiny-llama with overrides for notebook 01: heavy_tail_alpha, which the report shows, and no bootstrap."""
     path = tmp_path / "tiny-llama-override.yaml"
-    path.write_text(yaml.safe_dump({**yaml.safe_load(TINY.read_text()), "notebooks": {"01_weight_spectra": {"heavy_tail_alpha": 3.5}}}))
+    overrides = {"01_weight_spectra": {"heavy_tail_alpha": 3.5, "bootstrap": 0}}
+    path.write_text(yaml.safe_dump({**yaml.safe_load(TINY.read_text()), "notebooks": overrides}))
     return path
 
 
@@ -99,15 +102,15 @@ def _check_report(report):
     assert "alpha < 3.5" in text  # the params file's override for notebook 01 applied
 
 
-def test_papermill_cli_p_model(tmp_path, params_file):
-    out = _papermill(tmp_path, "-p", "model", str(params_file))
+def test_papermill_cli_p_model(tmp_path, params_file, warm_kernels):
+    out = _papermill(tmp_path, warm_kernels, "-p", "model", str(params_file))
     name = f"tiny-llama-override-{content_hash(yaml.safe_load(params_file.read_text()))}"  # a file outside params/
     assert [p.name for p in out.iterdir() if p.is_dir()] == [name]  # beside the index files
     _check_report(out / name / "01_weight_spectra" / "report.md")
 
 
-def test_papermill_cli_f_params_file(tmp_path, params_file):
-    out = _papermill(tmp_path, "-f", str(params_file))
+def test_papermill_cli_f_params_file(tmp_path, params_file, warm_kernels):
+    out = _papermill(tmp_path, warm_kernels, "-f", str(params_file))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFORMER_SPECTRA_CACHE", str(tmp_path / "cache"))
         name = Path(params_file_model(yaml.safe_load(params_file.read_text()))).stem

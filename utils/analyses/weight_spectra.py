@@ -2,9 +2,10 @@
 
 `weight_spectra_findings(df, L, ...)` returns a `WeightSpectraFindings` (every number a findings
 sentence uses), `findings_sentences(f)` the sentences built from its fields; `column_sources`
-names where each CSV column comes from; `esd_figure` and `alpha_interval_figure` draw the ESDs as
-WeightWatcher does (log-log density, fitted tail from xmin, MP bulk edge where fitted), one figure
-per weight type with the layers coloured by depth, and alpha with its bootstrap intervals.
+names where each CSV column comes from, `spectra_table_name` the CSV's name for what was analysed;
+`esd_figure` and `alpha_interval_figure` draw the ESDs as WeightWatcher does (log-log density,
+fitted tail from xmin, MP bulk edge where fitted), one figure per weight type with the layers
+coloured by depth, and alpha with its bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -162,6 +163,16 @@ _OURS = {"eff_rank": "seed `1.py`: exp(entropy of s / sum s)", "rank_slope": "Pr
          "fro_norm": "||W||_F", "spectral_norm": "s_1 (WeightWatcher's `spectral_norm` is lambda_max: see `lambda_max`)",
          "alpha_xmin": "= WeightWatcher's `xmin`", "alpha_ks": "= WeightWatcher's `D`"}
 _TPL = "fit='TPL': rate of the truncated power law x^-alpha exp(-Lambda x) (utils.metrics.truncated_power_law, via powerlaw 2.0.0)"
+
+
+WEIGHT_TABLE = "weight_spectra.csv"  # the spectra of W itself: what notebooks 03 and 07 read as the model's
+
+
+def spectra_table_name(base: str, lora: str) -> str:
+    """The CSV notebook 01 writes: WEIGHT_TABLE for W, `delta_spectra.csv` for W - W_base and
+    `lora_update_spectra.csv` for a LoRA adapter's updates: a run on another subject never leaves a
+    table that notebooks 03 and 07 would take for the model's weight spectra."""
+    return "delta_spectra.csv" if base else ("lora_update_spectra.csv" if lora else WEIGHT_TABLE)
 
 
 def fit_sentence(fix_fingers: str, fit: str) -> str:

@@ -93,3 +93,23 @@ def test_a_failing_cell_fails_the_run_and_its_kernel_is_stopped(run_notebook, pr
     launchers = [p for p in psutil.Process().children(recursive=True) if "warm_kernel.py" in " ".join(p.cmdline())
                  and "--serve" not in p.cmdline()]
     assert not launchers
+
+
+def test_without_a_server_the_kernel_is_an_ordinary_one(warm_kernels, probe, tmp_path):
+    """A server that has exited (here: a process that exited at once) is not waited for: the
+    launcher becomes `python -m ipykernel_launcher`, whose parent is the process that started it."""
+    import subprocess
+    import sys
+
+    from utils.pipeline.run import execute_notebook
+
+    from .warm_kernel import SOCKET_VARIABLE
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    start = time.monotonic()
+    with warm_kernels.active():  # restores the variable after the block
+        os.environ[SOCKET_VARIABLE] = f"{tmp_path / 'no.sock'}{os.pathsep}{gone.pid}"
+        out = execute_notebook(str(probe), TINY, tmp_path / "out")
+    facts = json.loads((out / "facts.json").read_text())
+    assert facts["ppid"] == os.getpid() and time.monotonic() - start < 30

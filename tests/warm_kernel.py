@@ -173,10 +173,25 @@ def _wait_for_server(path: str, pid: int, timeout: float = 60.0) -> None:
     """Until the server's socket exists (it is still importing); OSError when the server is gone."""
     end = time.monotonic() + timeout
     while not os.path.exists(path):
-        os.kill(pid, 0)  # ProcessLookupError (an OSError) once the server has exited
+        if not _running(pid):
+            raise ProcessLookupError(f"the kernel server {pid} has exited")
         if time.monotonic() > end:
             raise TimeoutError(path)
         time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie, not yet reaped by the test
+    process that started it, has exited)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: os.kill's answer
+    return state not in ("Z", "X")
 
 
 class WarmKernels:

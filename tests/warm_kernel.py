@@ -77,6 +77,9 @@ def _become_kernel(request: dict, fds: list[int]) -> None:
     kernelapp.launch_new_instance()
 
 
+_SERVER_SOCKETS: set[socket.socket] = set()  # the listener and each launcher's connection: closed in a forked kernel
+
+
 def _fork_kernel(conn: socket.socket) -> None:
     """Fork a kernel for one launcher (in the server's main thread); a thread then kills it when the
     launcher goes and sends the launcher its exit status."""
@@ -85,7 +88,8 @@ def _fork_kernel(conn: socket.socket) -> None:
     if pid == 0:
         code = 1
         try:
-            conn.close()
+            for sock in _SERVER_SOCKETS:
+                sock.close()
             _become_kernel(request, fds)
             code = 0
         except SystemExit as stop:
@@ -111,6 +115,7 @@ def _fork_kernel(conn: socket.socket) -> None:
         _, status = os.waitpid(pid, 0)
         with contextlib.suppress(OSError):
             conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+        _SERVER_SOCKETS.discard(conn)
         conn.close()
 
     threading.Thread(target=watch_launcher, daemon=True).start()
@@ -136,12 +141,15 @@ def serve(path: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".binding")
     listener.listen(16)
+    _SERVER_SOCKETS.add(listener)
     os.rename(path + ".binding", path)  # the socket appears only once the imports are done
     while True:
         conn, _ = listener.accept()
+        _SERVER_SOCKETS.add(conn)
         try:
             _fork_kernel(conn)
         except (OSError, ValueError, ConnectionError):
+            _SERVER_SOCKETS.discard(conn)
             conn.close()
 
 

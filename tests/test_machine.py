@@ -57,3 +57,10 @@ def test_running_elsewhere_sees_a_busy_process():
     finally:
         child.kill()
         child.wait()
+
+
+def test_idle_cores_is_a_whole_number_of_this_process_cores(monkeypatch):
+    monkeypatch.setattr(machine, "_cores", lambda: 4)
+    for idle, expected in ((3.6, 3), (7.0, 4), (-1.5, 0), (0.4, 0)):
+        monkeypatch.setattr(machine, "_idle_cores", lambda idle=idle: idle)
+        assert machine.idle_cores() == expected

@@ -117,6 +117,12 @@ def _idle_cores() -> float:
         return 0.0
 
 
+def idle_cores() -> int:
+    """Whole cores this process may use that no other process is using now (`_idle_cores`, this
+    process's own threads not counted), from 0 to the cores of its affinity."""
+    return int(max(0.0, min(_cores(), _idle_cores())))
+
+
 @contextlib.contextmanager
 def lapack_threads(n: int, crossover: int | None = None):
     """Threads for a dense n x n eigen/singular-value problem: the idle cores for large n, else one.

@@ -16,14 +16,28 @@ among every eigenvalue but the largest by the one-sided KS distance D, continuou
 
 Each refit is the vectorised fit (all xmin candidates at once); resamples are drawn as one
 (n_resamples, n) array from a seeded `numpy.random.Generator`, so results are reproducible.
+
+`alpha_columns` gives both for one spectrum as notebook 01's columns. They cost 2 x n_resamples
+refits of O(n^2) each (0.15 s per 576-eigenvalue matrix at 50 resamples on this machine: 25 s of
+SmolLM2's 31 s, some 13 minutes at a 7B model's shapes), one spectrum independent of the next, so
+`bootstrap_workers` lends a process pool on the idle cores when the work is worth its start-up;
+a worker computes the same floats as this process (same code, same seeds).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 
+from utils.machine import idle_cores
 from utils.metrics.spectra import WW_EVALS_THRESH, PowerLawFit, fit_power_law
 
 CLAUSET_P_THRESHOLD = 0.1  # p below this rules out the power law (Clauset et al. 2009, section 4.1)
@@ -90,3 +104,85 @@ def power_law_pvalue(eigenvalues, fit: PowerLawFit | None = None, n_samples: int
     synthetic = _refit(power_law_samples(x, fit, n_samples, np.random.default_rng(seed)))[:, 1]
     synthetic = synthetic[np.isfinite(synthetic)]
     return float((synthetic >= fit.ks_distance).mean()) if synthetic.size else float("nan")
+
+
+def alpha_columns(eigenvalues, fit: PowerLawFit, n_resamples: int, level: float, seed: int) -> dict:
+    """Notebook 01's bootstrap columns of one spectrum: alpha_low, alpha_high, alpha_std
+    (`alpha_interval`) and alpha_p (`power_law_pvalue` of `fit`)."""
+    ci = alpha_interval(eigenvalues, n_resamples, level, seed)
+    return {"alpha_low": ci.low, "alpha_high": ci.high, "alpha_std": ci.std,
+            "alpha_p": power_law_pvalue(eigenvalues, fit, n_resamples, seed)}
+
+
+REFIT_SECONDS_PER_ENTRY = 2.5e-9  # one fit_power_law of n eigenvalues: about this x n^2 s (576: 0.8 ms here)
+POOL_MIN_SECONDS = 5.0  # a pool is started only for at least this much expected work (its start-up: ~1.5 s)
+
+
+def bootstrap_seconds(n_spectra: int, n_eigenvalues: int, n_resamples: int) -> float:
+    """Expected serial time of `alpha_columns` over n_spectra spectra of about n_eigenvalues each."""
+    return n_spectra * 2 * n_resamples * REFIT_SECONDS_PER_ENTRY * n_eigenvalues**2
+
+
+@contextlib.contextmanager
+def bootstrap_workers(expected_seconds: float, workers: int | None = None):
+    """A process pool for `alpha_columns`, or None (compute in this process).
+
+    workers=None: the idle cores (`utils.machine.idle_cores`, this process's threads not
+    counted), when there are at least 2 and `expected_seconds` >= POOL_MIN_SECONDS; 0: none;
+    n: n processes. The pool forks its workers from a forkserver that has imported this module
+    (not from this process, which may hold torch's threads or a CUDA context); on an exception
+    (an interrupted run) the pending work is cancelled."""
+    if workers is None:
+        idle = idle_cores()
+        workers = idle if idle >= 2 and expected_seconds >= POOL_MIN_SECONDS else 0
+    if workers <= 0:
+        yield None
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _exit_with(pid: int) -> None:
+    """In a worker: exit once process `pid` (the one that lent the pool) is gone. A pool's workers
+    wait on its queues, which they hold open themselves, so a SIGKILLed parent would leave them
+    (and the forkserver) running."""
+
+    def watch():
+        while True:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def submit_alpha_columns(pool: ProcessPoolExecutor | None, *args) -> dict:
+    """`alpha_columns(*args)`'s columns now (no pool), or {"alpha_columns": (Future, args)} for
+    `resolved` to fill in."""
+    if pool is not None:
+        with contextlib.suppress(BrokenProcessPool):  # a pool that could not start: computed here
+            return {"alpha_columns": (pool.submit(alpha_columns, *args), args)}
+    return alpha_columns(*args)
+
+
+def resolved(row: dict) -> dict:
+    """`row` with a pending `alpha_columns` replaced by its columns: the worker's, or computed here
+    when the pool broke (a worker that could not start: e.g. a script whose top level multiprocessing
+    cannot import again; the numbers are the same)."""
+    pending = row.pop("alpha_columns", None)
+    if pending is not None:
+        future, args = pending
+        try:
+            row.update(future.result())
+        except BrokenProcessPool:
+            row.update(alpha_columns(*args))
+    return row

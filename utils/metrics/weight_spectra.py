@@ -7,6 +7,7 @@ Marchenko-Pastur signal ratio, spectra per component).
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.metrics.deltas import block_matrices, delta_matrices, lora_updates
-from utils.metrics.power_law import alpha_interval, power_law_pvalue
+from utils.metrics.power_law import bootstrap_seconds, bootstrap_workers, resolved, submit_alpha_columns
 from utils.metrics.spectra import entry_std, singular_values, spectrum_weight_metrics
 from utils.metrics.truncated_power_law import truncated_columns, truncated_power_law_fit
 from utils.metrics.weightwatcher import (
@@ -85,10 +86,12 @@ class SpectraOptions:
 
 
 def matrix_row(s: np.ndarray, rows: int, cols: int, sigma: float, options: SpectraOptions,
-               W: torch.Tensor | None = None, rng: np.random.RandomState | None = None) -> dict:
+               W: torch.Tensor | None = None, rng: np.random.RandomState | None = None,
+               pool: ProcessPoolExecutor | None = None) -> dict:
     """Every column of one matrix from its singular values s (descending) and entry std sigma:
     notebook 01's metrics, WeightWatcher's default frame and the options asked for. `W` is
-    needed to resolve tiny singular values and for `randomize`."""
+    needed to resolve tiny singular values and for `randomize`; with a `pool`
+    (`power_law.bootstrap_workers`), the bootstrap columns are left to it (a Future)."""
     m = spectrum_weight_metrics(s, rows, cols, sigma)
     fit, s = m.pop("fit"), m["singular_values"]
     resolved = resolved_singular_values(W, s) if W is not None else s
@@ -100,10 +103,8 @@ def matrix_row(s: np.ndarray, rows: int, cols: int, sigma: float, options: Spect
         row.update(marchenko_pastur_fit(evals, max(rows, cols), min(rows, cols)).row())
     if options.randomize:
         row.update(correlation_traps(W, evals, rng))
-    if options.bootstrap and fit is not None:
-        ci = alpha_interval(evals, options.bootstrap, options.level, options.seed)
-        row.update(alpha_low=ci.low, alpha_high=ci.high, alpha_std=ci.std,
-                   alpha_p=power_law_pvalue(evals, fit, options.bootstrap, options.seed))
+    if options.bootstrap and fit is not None:  # with a pool, `power_law.resolved(row)` fills them in
+        row.update(submit_alpha_columns(pool, evals, fit, options.bootstrap, options.level, options.seed))
     return row
 
 
@@ -138,7 +139,7 @@ def spectra_table(records: list[dict], options: SpectraOptions) -> tuple[pd.Data
 
 
 def weight_spectra(adapter: WeightAdapter, progress: bool = True, options: SpectraOptions | None = None,
-                   base: WeightAdapter | None = None) -> tuple[pd.DataFrame, dict]:
+                   base: WeightAdapter | None = None, workers: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Metrics of every block matrix plus the embedding and (untied) unembedding, one tensor at a
     time (with `base`, of W - W_base, one pair at a time).
 
@@ -147,22 +148,29 @@ def weight_spectra(adapter: WeightAdapter, progress: bool = True, options: Spect
     column of WeightWatcher's default frame (`utils.metrics.weightwatcher.WW_DEFAULT_COLUMNS`)
     and those of `options`; and a dict (layer, weight) -> singular values (descending).
     Unlike WeightWatcher, matrices longer than its max_N = 50,000 (large-vocabulary embeddings)
-    are fitted too.
+    are fitted too. With `options.bootstrap`, the bootstrap columns are computed by `workers`
+    processes while the matrices are read (`power_law.bootstrap_workers`; None: the idle cores
+    when the work is worth it, 0: in this process): the same numbers either way.
     """
     options = options or SpectraOptions()
     rng = np.random.RandomState(options.seed)
     matrices = block_matrices(adapter) if base is None else delta_matrices(adapter, base)
-    total = adapter.dims.L * len(adapter.weight_matrices(0)) if progress else None
-    records = [matrix_record(layer, name, W, options, rng)
-               for layer, name, W in tqdm(matrices, desc="weight spectra", total=total, disable=not progress)]
+    n_blocks = adapter.dims.L * len(adapter.weight_matrices(0))
+    total = n_blocks if progress else None
+    expected = bootstrap_seconds(n_blocks, adapter.dims.d, options.bootstrap)  # most matrices have min(rows, cols) = d
+    with bootstrap_workers(expected if options.bootstrap else 0.0, workers) as pool:
+        records = [matrix_record(layer, name, W, options, rng, pool)
+                   for layer, name, W in tqdm(matrices, desc="weight spectra", total=total, disable=not progress)]
+        records = [resolved(r) for r in records]
     return spectra_table(records, options)
 
 
-def matrix_record(layer: int, name: str, W: torch.Tensor, options: SpectraOptions, rng: np.random.RandomState) -> dict:
+def matrix_record(layer: int, name: str, W: torch.Tensor, options: SpectraOptions, rng: np.random.RandomState,
+                  pool: ProcessPoolExecutor | None = None) -> dict:
     """`weight_spectra`'s row of one matrix W (rows x cols), its singular values included; `rng`
     draws randomize's shuffles, in the order the matrices come."""
     rows, cols = W.shape
-    row = matrix_row(singular_values(W).numpy(), rows, cols, entry_std(W), options, W, rng)
+    row = matrix_row(singular_values(W).numpy(), rows, cols, entry_std(W), options, W, rng, pool)
     return {"layer": layer, "weight": name, **row, "max_rank": min(rows, cols)}
 
 

@@ -87,6 +87,10 @@ def test_weight_spectra_with_workers_equals_it_without(monkeypatch):
 
 
 def test_a_pool_is_lent_only_for_enough_work_and_idle_cores(monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
     from utils.metrics import power_law
 
     monkeypatch.setattr(power_law, "idle_cores", lambda: 2)
@@ -97,6 +101,17 @@ def test_a_pool_is_lent_only_for_enough_work_and_idle_cores(monkeypatch):
     monkeypatch.setattr(power_law, "idle_cores", lambda: 1)
     with power_law.bootstrap_workers(100.0) as pool:
         assert pool is None  # one idle core: this process's own
+    monkeypatch.setattr(power_law, "idle_cores", lambda: 2)
+    script = types.ModuleType("__main__")
+    script.__file__, script.__spec__ = "/somewhere/analysis.py", None  # `python analysis.py`
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    with power_law.bootstrap_workers(100.0) as pool:
+        assert pool is None  # its workers would run the script's top level again
+    script.__spec__ = importlib.util.spec_from_loader("ipykernel_launcher", loader=None)  # python -m ...
+    assert power_law._main_is_importable()
+    del script.__file__
+    script.__spec__ = None  # python -c
+    assert power_law._main_is_importable()
     # SmolLM2's 211 matrices of 576 eigenvalues at 50 resamples: ~20 s, as measured (25 s)
     assert 10 < power_law.bootstrap_seconds(211, 576, 50) < 40
 
@@ -105,7 +120,7 @@ def test_a_broken_pool_leaves_the_columns_to_this_process():
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    from utils.metrics.power_law import alpha_columns, resolved, submit_alpha_columns
+    from utils.metrics.power_law import alpha_columns, submit_alpha_columns, with_alpha_columns
 
     x = np.sort(np.random.default_rng(2).pareto(1.5, 300) + 1)
     args = (x, fit_power_law(x), 10, 0.9, 3)
@@ -123,7 +138,7 @@ def test_a_broken_pool_leaves_the_columns_to_this_process():
 
     assert submit_alpha_columns(Refusing(), *args) == expected
     row = {"alpha": 2.0, **submit_alpha_columns(Failing(), *args)}
-    assert resolved(row) == {"alpha": 2.0, **expected}
+    assert with_alpha_columns(row) == {"alpha": 2.0, **expected}
 
 
 POOLED_RUN = """

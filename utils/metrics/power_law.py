@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -131,10 +132,14 @@ def bootstrap_workers(expected_seconds: float, workers: int | None = None):
     counted), when there are at least 2 and `expected_seconds` >= POOL_MIN_SECONDS; 0: none;
     n: n processes. The pool forks its workers from a forkserver that has imported this module
     (not from this process, which may hold torch's threads or a CUDA context); on an exception
-    (an interrupted run) the pending work is cancelled."""
+    (an interrupted run) the pending work is cancelled. multiprocessing imports the main module
+    again in each worker: the default lends no pool to a plain script (`python script.py`, whose
+    top level would run again unless it is under `if __name__ == "__main__":`), only where the
+    main module is a module run with -m (a Jupyter kernel's ipykernel_launcher, pytest) or there
+    is none (`python -c`)."""
     if workers is None:
         idle = idle_cores()
-        workers = idle if idle >= 2 and expected_seconds >= POOL_MIN_SECONDS else 0
+        workers = idle if idle >= 2 and expected_seconds >= POOL_MIN_SECONDS and _main_is_importable() else 0
     if workers <= 0:
         yield None
         return
@@ -147,6 +152,13 @@ def bootstrap_workers(expected_seconds: float, workers: int | None = None):
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _main_is_importable() -> bool:
+    """Whether a worker may import this process's main module again without running a script's
+    top level: a module run with -m (it has a spec), or no main file at all."""
+    main = sys.modules.get("__main__")
+    return getattr(main, "__spec__", None) is not None or getattr(main, "__file__", None) is None
 
 
 def _exit_with(pid: int) -> None:
@@ -167,14 +179,14 @@ def _exit_with(pid: int) -> None:
 
 def submit_alpha_columns(pool: ProcessPoolExecutor | None, *args) -> dict:
     """`alpha_columns(*args)`'s columns now (no pool), or {"alpha_columns": (Future, args)} for
-    `resolved` to fill in."""
+    `with_alpha_columns` to fill in."""
     if pool is not None:
         with contextlib.suppress(BrokenProcessPool):  # a pool that could not start: computed here
             return {"alpha_columns": (pool.submit(alpha_columns, *args), args)}
     return alpha_columns(*args)
 
 
-def resolved(row: dict) -> dict:
+def with_alpha_columns(row: dict) -> dict:
     """`row` with a pending `alpha_columns` replaced by its columns: the worker's, or computed here
     when the pool broke (a worker that could not start: e.g. a script whose top level multiprocessing
     cannot import again; the numbers are the same)."""

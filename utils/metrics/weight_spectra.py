@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.metrics.deltas import block_matrices, delta_matrices, lora_updates
-from utils.metrics.power_law import bootstrap_seconds, bootstrap_workers, resolved, submit_alpha_columns
+from utils.metrics.power_law import bootstrap_seconds, bootstrap_workers, submit_alpha_columns, with_alpha_columns
 from utils.metrics.spectra import entry_std, singular_values, spectrum_weight_metrics
 from utils.metrics.truncated_power_law import truncated_columns, truncated_power_law_fit
 from utils.metrics.weightwatcher import (
@@ -103,7 +103,7 @@ def matrix_row(s: np.ndarray, rows: int, cols: int, sigma: float, options: Spect
         row.update(marchenko_pastur_fit(evals, max(rows, cols), min(rows, cols)).row())
     if options.randomize:
         row.update(correlation_traps(W, evals, rng))
-    if options.bootstrap and fit is not None:  # with a pool, `power_law.resolved(row)` fills them in
+    if options.bootstrap and fit is not None:  # with a pool, `power_law.with_alpha_columns(row)` fills them in
         row.update(submit_alpha_columns(pool, evals, fit, options.bootstrap, options.level, options.seed))
     return row
 
@@ -161,7 +161,7 @@ def weight_spectra(adapter: WeightAdapter, progress: bool = True, options: Spect
     with bootstrap_workers(expected if options.bootstrap else 0.0, workers) as pool:
         records = [matrix_record(layer, name, W, options, rng, pool)
                    for layer, name, W in tqdm(matrices, desc="weight spectra", total=total, disable=not progress)]
-        records = [resolved(r) for r in records]
+        records = [with_alpha_columns(r) for r in records]
     return spectra_table(records, options)
 
 

@@ -2,8 +2,8 @@
 
 Each notebook test starts a kernel: a new Python that imports ipykernel, torch, transformers'
 modelling code, pandas and matplotlib (about 4 s of a tiny-model run's 6-9 s) before the notebook
-computes anything. Within `WarmKernels.active()`, the kernelspec "python3" that papermill asks for runs this file
-as a launcher instead: it hands its command line, environment, working directory and standard
+computes anything. Within `WarmKernels.active()`, the kernelspec "python3" that papermill asks
+for runs this file as a launcher instead: it hands its command line, environment, working directory and standard
 streams to a server (`serve`, one per test process) that imported those libraries once, and the
 server forks a child that becomes the kernel (ipykernel's `launch_new_instance`, as
 `python -m ipykernel_launcher` does). The notebook's cells run unchanged: their own imports bind
@@ -14,8 +14,9 @@ The launcher stays the process jupyter_client manages: when it is killed (a kern
 SIGKILL to its process group), the server sees its connection close and kills the kernel; a signal it
 receives is passed on; it exits with the kernel's exit status. Where no server answers, the launcher
 becomes the ordinary kernel (`exec` of ipykernel_launcher).
-The kernels of `utils.run` processes and of papermill's command line, started as subprocesses by the
-tests, are ordinary kernels: the tests of interruption and of the command line see what users get.
+The `utils.run` processes that the tests of staging and interruption start run ordinary kernels:
+those tests see what users get. (Papermill's command line, started by tests/test_run.py, gets
+forked kernels through the environment it inherits.)
 """
 
 from __future__ import annotations

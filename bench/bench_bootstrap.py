@@ -2,7 +2,7 @@
 process against `utils.metrics.power_law.bootstrap_workers`' process pool on the idle cores.
 
 `weight_spectra(options=SpectraOptions(bootstrap=50))` on SmolLM2-135M (or `--model NAME`), weights
-streamed, once with `workers=0` (every refit here: the seeds' way) and once with one worker per idle
+streamed, once with `workers=0` (every refit in this process) and once with one worker per idle
 core; the two tables must be equal float for float. Printed: wall seconds of each, the ratio, and
 this process's peak RSS (a worker, forked from a forkserver holding numpy and torch, had an RSS of
 about 230 MB, mostly pages shared with the forkserver, in `ps` on this machine).

@@ -63,12 +63,25 @@ def probe(tmp_path):
 
 
 def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process `pid` has exited (or is a zombie) within `timeout` seconds."""
     end = time.monotonic() + timeout
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
         if time.monotonic() > end:
             return False
         time.sleep(0.05)
-    return True
+
+
+def test_the_server_preloads_the_modelling_code_of_every_test_model():
+    from .warm_kernel import _modelling_modules
+
+    modules = _modelling_modules()
+    for family in ("llama", "bert", "gpt2", "gpt_neox", "qwen2", "gemma3"):  # tests/params/tiny-*.yaml
+        assert f"transformers.models.{family}.modeling_{family}" in modules
 
 
 def test_a_forked_kernel_runs_the_cells_as_a_fresh_one(run_notebook, warm_kernels, probe, monkeypatch):

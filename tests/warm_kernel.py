@@ -37,9 +37,23 @@ from pathlib import Path
 SOCKET_VARIABLE = "TRANSFORMER_SPECTRA_KERNEL_SERVER"
 PRELOAD = ("IPython", "ipykernel.kernelapp", "numpy", "scipy.linalg",
            "scipy.optimize", "scipy.stats", "pandas", "matplotlib.pyplot", "seaborn", "torch", "transformers",
-           "transformers.modeling_utils", "safetensors.torch", "tqdm.auto", "yaml",
-           *(f"transformers.models.{family}.modeling_{family}"
-             for family in ("llama", "bert", "gpt2", "gpt_neox", "qwen2", "gemma3")))
+           "transformers.modeling_utils", "safetensors.torch", "tqdm.auto", "yaml")
+PARAMS_DIR = Path(__file__).resolve().parent / "params"
+
+
+def _modelling_modules() -> list[str]:
+    """transformers' modelling module of every model_type in tests/params/ (derived from the files
+    present; a type transformers does not have, such as our NanoGPT, is skipped at import)."""
+    import yaml
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    types = set()
+    for path in PARAMS_DIR.glob("*.yaml"):
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+            model_type = (yaml.safe_load(path.read_text()).get("source") or {}).get("model_type")
+            if model_type:
+                types.add(model_type_to_module_name(model_type))
+    return [f"transformers.models.{name}.modeling_{name}" for name in sorted(types)]
 
 
 def _send_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
@@ -136,7 +150,7 @@ def serve(path: str) -> None:
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # as ipykernel sets it
     import importlib
 
-    for name in PRELOAD:
+    for name in [*PRELOAD, *_modelling_modules()]:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
